@@ -1,0 +1,110 @@
+//! The side listener for operators: `GET /healthz` (the process runs), `GET /readyz` (every
+//! issuer has keys: 503 until then), `GET /metrics` (Prometheus text) and `POST /reload`
+//! (re-read the config file, as SIGHUP does).
+
+mod metrics;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use http::{Method, Response, StatusCode};
+use pingora::apps::http_app::ServeHttp;
+use pingora::protocols::http::ServerSession;
+
+pub use metrics::Metrics;
+
+use crate::reload::Reloader;
+use crate::state::SharedState;
+
+pub struct AdminApp {
+    state: SharedState,
+    metrics: Arc<Metrics>,
+    reloader: Option<Arc<Reloader>>,
+}
+
+impl AdminApp {
+    pub fn new(state: SharedState, metrics: Arc<Metrics>, reloader: Option<Arc<Reloader>>) -> Self {
+        AdminApp {
+            state,
+            metrics,
+            reloader,
+        }
+    }
+}
+
+fn respond(status: StatusCode, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
+    let mut r = Response::new(body);
+    *r.status_mut() = status;
+    if let Ok(v) = http::HeaderValue::from_str(content_type) {
+        r.headers_mut().insert(http::header::CONTENT_TYPE, v);
+    }
+    if let Ok(v) = http::HeaderValue::from_str(&r.body().len().to_string()) {
+        r.headers_mut().insert(http::header::CONTENT_LENGTH, v);
+    }
+    r.headers_mut()
+        .insert(http::header::CACHE_CONTROL, http::HeaderValue::from_static("no-store"));
+    r
+}
+
+fn json(status: StatusCode, v: serde_json::Value) -> Response<Vec<u8>> {
+    respond(status, "application/json", v.to_string().into_bytes())
+}
+
+#[async_trait]
+impl ServeHttp for AdminApp {
+    async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        let method = session.req_header().method.clone();
+        let path = session.req_header().uri.path().to_string();
+        match (method, path.as_str()) {
+            (Method::GET | Method::HEAD, "/healthz") => json(StatusCode::OK, serde_json::json!({"status": "ok"})),
+            (Method::GET | Method::HEAD, "/readyz") => {
+                let snap = self.state.load();
+                let issuers: serde_json::Map<String, serde_json::Value> = snap
+                    .auth
+                    .issuers()
+                    .iter()
+                    .map(|i| {
+                        (
+                            i.name().to_string(),
+                            serde_json::json!({"ready": i.is_ready(), "keys": i.keys().keys.len()}),
+                        )
+                    })
+                    .collect();
+                let ready = snap.ready();
+                self.metrics.ready.set(i64::from(ready));
+                let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+                json(
+                    status,
+                    serde_json::json!({"status": if ready { "ready" } else { "not_ready" }, "issuers": issuers}),
+                )
+            }
+            (Method::GET, "/metrics") => {
+                let snap = self.state.load();
+                self.metrics.ready.set(i64::from(snap.ready()));
+                self.metrics.token_cache_entries.set(snap.auth.cached_tokens() as i64);
+                respond(StatusCode::OK, "text/plain; version=0.0.4", self.metrics.render())
+            }
+            (Method::POST, "/reload") => match &self.reloader {
+                None => json(
+                    StatusCode::NOT_FOUND,
+                    serde_json::json!({"error": "not_found", "error_description": "this gateway has no config file to reload"}),
+                ),
+                Some(r) => match r.reload() {
+                    Ok(()) => json(StatusCode::OK, serde_json::json!({"status": "reloaded"})),
+                    Err(problems) => json(
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                        serde_json::json!({"error": "invalid_config", "error_description": "config refused; the running config stays", "problems": problems}),
+                    ),
+                },
+            },
+            (_, "/healthz" | "/readyz" | "/metrics" | "/reload") => json(
+                StatusCode::METHOD_NOT_ALLOWED,
+                serde_json::json!({"error": "method_not_allowed", "error_description": "method not allowed"}),
+            ),
+            _ => json(
+                StatusCode::NOT_FOUND,
+                serde_json::json!({"error": "not_found", "error_description": "admin endpoints: /healthz /readyz /metrics /reload"}),
+            ),
+        }
+    }
+}

@@ -1,0 +1,120 @@
+//! Step 2, finding the token: `Authorization: Bearer <token>` (scheme case-insensitive,
+//! exactly one header), or — only where a route opts in — a query parameter or a cookie.
+
+use super::AuthError;
+
+/// A token as received. `Debug` never shows it.
+#[derive(Clone, Copy)]
+pub struct BearerToken<'a>(pub &'a str);
+
+impl std::fmt::Debug for BearerToken<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BearerToken(..)")
+    }
+}
+
+/// RFC 6750 §2.1 `b64token`: ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/", then "=" padding.
+fn is_b64token(t: &str) -> bool {
+    let body = t.trim_end_matches('=');
+    !body.is_empty()
+        && body
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'+' | b'/'))
+}
+
+/// Parse the `Authorization` header values of a request.
+///
+/// - no header: [`AuthError::MissingToken`] (401 without an error attribute);
+/// - two headers, another scheme, no token, spaces or bad characters in the token, or a value
+///   longer than `max_len`: [`AuthError::InvalidRequest`] (400).
+pub fn from_authorization<'a>(
+    mut values: impl Iterator<Item = &'a [u8]>,
+    max_len: usize,
+) -> Result<BearerToken<'a>, AuthError> {
+    let Some(first) = values.next() else {
+        return Err(AuthError::MissingToken);
+    };
+    if values.next().is_some() {
+        return Err(AuthError::InvalidRequest("more than one Authorization header"));
+    }
+    if first.len() > max_len {
+        return Err(AuthError::InvalidRequest("Authorization header too large"));
+    }
+    let value = std::str::from_utf8(first)
+        .map_err(|_| AuthError::InvalidRequest("Authorization header is not ASCII"))?;
+    let value = value.trim_matches(|c| c == ' ' || c == '\t');
+    let (scheme, rest) = match value.split_once(' ') {
+        Some((s, r)) => (s, r),
+        None => (value, ""),
+    };
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Err(AuthError::InvalidRequest("Authorization must use the Bearer scheme"));
+    }
+    let token = rest.trim_start_matches(' ');
+    if token.is_empty() {
+        return Err(AuthError::InvalidRequest("Bearer token is empty"));
+    }
+    if !is_b64token(token) {
+        return Err(AuthError::InvalidRequest("Bearer token has invalid characters"));
+    }
+    Ok(BearerToken(token))
+}
+
+/// A token from an opted-in query parameter or cookie: same character rules.
+pub fn from_value(value: &str, max_len: usize) -> Result<BearerToken<'_>, AuthError> {
+    if value.len() > max_len {
+        return Err(AuthError::InvalidRequest("token too large"));
+    }
+    if !is_b64token(value) {
+        return Err(AuthError::InvalidRequest("token has invalid characters"));
+    }
+    Ok(BearerToken(value))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(values: &[&str]) -> Result<String, AuthError> {
+        from_authorization(values.iter().map(|v| v.as_bytes()), 8192).map(|t| t.0.to_string())
+    }
+
+    #[test]
+    fn bearer_scheme_is_case_insensitive() {
+        assert_eq!(parse(&["Bearer abc.def.ghi"]).unwrap(), "abc.def.ghi");
+        assert_eq!(parse(&["bearer abc.def.ghi"]).unwrap(), "abc.def.ghi");
+        assert_eq!(parse(&["BEARER  abc.def.ghi"]).unwrap(), "abc.def.ghi");
+    }
+
+    #[test]
+    fn bearer_missing_header_is_missing_token() {
+        assert!(matches!(parse(&[]), Err(AuthError::MissingToken)));
+    }
+
+    #[test]
+    fn bearer_bad_forms_are_invalid_request() {
+        for bad in [
+            vec!["Basic dXNlcjpwYXNz"],
+            vec!["Bearer"],
+            vec!["Bearer "],
+            vec!["Bearer a b"],
+            vec!["Bearer a\"b"],
+            vec!["Bearerabc"],
+            vec!["Bearer a.b.c", "Bearer a.b.c"],
+            vec![""],
+        ] {
+            assert!(matches!(parse(&bad), Err(AuthError::InvalidRequest(_))), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn bearer_oversized_header_is_invalid_request() {
+        let big = format!("Bearer {}", "a".repeat(9000));
+        assert!(matches!(parse(&[&big]), Err(AuthError::InvalidRequest(_))));
+    }
+
+    #[test]
+    fn bearer_token_debug_hides_the_token() {
+        assert_eq!(format!("{:?}", BearerToken("secret.token.value")), "BearerToken(..)");
+    }
+}

@@ -1,0 +1,233 @@
+//! Step 2, who is calling? `Authenticator::authenticate` takes the bearer token, finds its
+//! issuer by exact `iss`, verifies it against that issuer's cached JWKS keys and returns the
+//! caller's `Principal`. Verified tokens are cached (keyed by SHA-256 of the token, never
+//! longer than the token's `exp`), so a client repeating its token skips the signature check.
+
+pub mod bearer;
+pub mod jwks;
+pub mod jwt;
+pub mod refresher;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use moka::sync::Cache;
+use sha2::{Digest, Sha256};
+
+pub use bearer::BearerToken;
+pub use jwks::{Issuer, JwksError, KeySet, VerifyKey};
+
+use crate::admin::Metrics;
+
+/// Why a token was not accepted. Messages are fixed texts: never the token, never a claim.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    #[error("missing bearer token")]
+    MissingToken,
+    #[error("{0}")]
+    InvalidRequest(&'static str),
+    #[error("{0}")]
+    Malformed(&'static str),
+    #[error("{0}")]
+    RejectedHeader(&'static str),
+    #[error("{0}")]
+    AlgNotAllowed(&'static str),
+    #[error("token expired")]
+    Expired,
+    #[error("{0}")]
+    NotYetValid(&'static str),
+    #[error("signature verification failed")]
+    BadSignature,
+    #[error("unknown signing key")]
+    UnknownKid,
+    #[error("token issuer is not trusted")]
+    WrongIssuer,
+    #[error("token audience is not accepted")]
+    WrongAudience,
+    #[error("{0}")]
+    InvalidClaims(&'static str),
+    #[error("token issuer is not accepted on this route")]
+    IssuerNotAllowed,
+    #[error("signing keys of the issuer are not loaded yet")]
+    KeysUnavailable,
+}
+
+impl AuthError {
+    /// Bounded metric label.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            AuthError::MissingToken => "missing",
+            AuthError::InvalidRequest(_) => "invalid_request",
+            AuthError::Malformed(_) => "malformed",
+            AuthError::RejectedHeader(_) => "rejected_header",
+            AuthError::AlgNotAllowed(_) => "alg_not_allowed",
+            AuthError::Expired => "expired",
+            AuthError::NotYetValid(_) => "not_yet_valid",
+            AuthError::BadSignature => "bad_signature",
+            AuthError::UnknownKid => "unknown_kid",
+            AuthError::WrongIssuer | AuthError::IssuerNotAllowed => "wrong_issuer",
+            AuthError::WrongAudience => "wrong_audience",
+            AuthError::InvalidClaims(_) => "invalid_claims",
+            AuthError::KeysUnavailable => "keys_unavailable",
+        }
+    }
+}
+
+/// The verified caller.
+#[derive(Debug)]
+pub struct Principal {
+    /// Issuer *name* (config), for logs and metrics.
+    pub issuer: Arc<str>,
+    pub issuer_index: usize,
+    pub sub: Option<String>,
+    /// `client_id`, else `azp`.
+    pub client_id: Option<String>,
+    pub scopes: Vec<String>,
+    /// `X-Auth-Scopes` value, built once.
+    pub scopes_header: String,
+    pub exp: u64,
+    pub strip_authorization: bool,
+}
+
+struct Cached {
+    principal: Arc<Principal>,
+    generation: u64,
+    /// When the entry must leave the cache: the token's `exp`.
+    expires: Instant,
+}
+
+struct ExpireAtExp;
+
+impl moka::Expiry<[u8; 32], Arc<Cached>> for ExpireAtExp {
+    fn expire_after_create(&self, _k: &[u8; 32], v: &Arc<Cached>, now: Instant) -> Option<Duration> {
+        Some(v.expires.saturating_duration_since(now))
+    }
+}
+
+/// All issuers plus the verified-token cache. Built at start-up and on every reload.
+pub struct Authenticator {
+    issuers: Vec<Arc<Issuer>>,
+    by_iss: HashMap<String, usize>,
+    cache: Cache<[u8; 32], Arc<Cached>>,
+    metrics: Arc<Metrics>,
+}
+
+impl Authenticator {
+    pub fn new(issuers: Vec<Arc<Issuer>>, cache_capacity: u64, metrics: Arc<Metrics>) -> Self {
+        let by_iss = issuers
+            .iter()
+            .enumerate()
+            .map(|(i, iss)| (iss.cfg.issuer.clone(), i))
+            .collect();
+        let cache = Cache::builder()
+            .max_capacity(cache_capacity)
+            .expire_after(ExpireAtExp)
+            .build();
+        Authenticator {
+            issuers,
+            by_iss,
+            cache,
+            metrics,
+        }
+    }
+
+    pub fn issuers(&self) -> &[Arc<Issuer>] {
+        &self.issuers
+    }
+
+    /// Every issuer has loaded keys at least once.
+    pub fn ready(&self) -> bool {
+        self.issuers.iter().all(|i| i.is_ready())
+    }
+
+    pub fn cached_tokens(&self) -> u64 {
+        self.cache.entry_count()
+    }
+
+    /// Verify a token; `Ok` carries the caller. Never echoes the token.
+    pub async fn authenticate(&self, token: BearerToken<'_>) -> Result<Arc<Principal>, AuthError> {
+        let digest: [u8; 32] = Sha256::digest(token.0.as_bytes()).into();
+        let now = jwt::now_secs();
+        if let Some(hit) = self.cache.get(&digest) {
+            let issuer = &self.issuers[hit.principal.issuer_index];
+            let fresh = now <= hit.principal.exp.saturating_add(issuer.cfg.leeway.as_secs());
+            if fresh && hit.generation == issuer.generation() {
+                self.metrics.token_cache(true);
+                return Ok(hit.principal.clone());
+            }
+            self.cache.invalidate(&digest);
+        }
+        self.metrics.token_cache(false);
+
+        let unverified = jwt::parse(token.0)?;
+        let iss = unverified.iss.as_deref().ok_or(AuthError::WrongIssuer)?;
+        let &index = self.by_iss.get(iss).ok_or(AuthError::WrongIssuer)?;
+        let issuer = &self.issuers[index];
+        let alg = jwt::allowed_algorithm(issuer, &unverified.header)?;
+        if !issuer.is_ready() {
+            return Err(AuthError::KeysUnavailable);
+        }
+        let generation = issuer.generation();
+        let claims = match &unverified.header.kid {
+            Some(kid) => {
+                let key = match issuer.keys().by_kid(kid).cloned() {
+                    Some(k) => k,
+                    None => {
+                        // Maybe the issuer rotated: one shared, throttled refetch.
+                        issuer.refetch_for_unknown_kid().await;
+                        issuer.keys().by_kid(kid).cloned().ok_or(AuthError::UnknownKid)?
+                    }
+                };
+                if !key.accepts(alg) {
+                    return Err(AuthError::AlgNotAllowed("algorithm does not fit the signing key"));
+                }
+                jwt::verify_with(issuer, &unverified, alg, &key)?
+            }
+            None => {
+                // No kid: each published key whose type fits the algorithm.
+                let keys = issuer.keys();
+                let mut result = Err(AuthError::UnknownKid);
+                for key in keys.keys.iter().filter(|k| k.accepts(alg)) {
+                    match jwt::verify_with(issuer, &unverified, alg, key) {
+                        Err(AuthError::BadSignature) => result = Err(AuthError::BadSignature),
+                        other => {
+                            result = other;
+                            break;
+                        }
+                    }
+                }
+                result?
+            }
+        };
+
+        let exp = claims
+            .exp
+            .as_ref()
+            .and_then(|v| v.as_u64())
+            .ok_or(AuthError::InvalidClaims("token has no exp claim"))?;
+        let scopes = claims.scopes();
+        let principal = Arc::new(Principal {
+            issuer: Arc::from(issuer.cfg.name.as_str()),
+            issuer_index: index,
+            sub: claims.sub.clone(),
+            client_id: claims.client_id.clone().or_else(|| claims.azp.clone()),
+            scopes_header: scopes.join(" "),
+            scopes,
+            exp,
+            strip_authorization: issuer.cfg.strip_authorization,
+        });
+        let remaining = exp.saturating_sub(now);
+        if remaining > 0 {
+            self.cache.insert(
+                digest,
+                Arc::new(Cached {
+                    principal: principal.clone(),
+                    generation,
+                    expires: Instant::now() + Duration::from_secs(remaining),
+                }),
+            );
+        }
+        Ok(principal)
+    }
+}

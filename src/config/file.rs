@@ -1,0 +1,251 @@
+//! Step 0, what the operator asked for: a serde mirror of the TOML file, key for key.
+//!
+//! Nothing here is interpreted; `validate.rs` turns these structs into runtime types and
+//! reports every problem with its location. Unknown keys are errors (`deny_unknown_fields`).
+
+use serde::Deserialize;
+
+/// The whole file.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayFile {
+    #[serde(default)]
+    pub server: ServerFile,
+    #[serde(default)]
+    pub admin: AdminFile,
+    #[serde(default)]
+    pub logging: LoggingFile,
+    #[serde(default)]
+    pub rate_limit: RateLimitFile,
+    #[serde(default)]
+    pub issuers: Vec<IssuerFile>,
+    #[serde(default)]
+    pub upstreams: Vec<UpstreamFile>,
+    #[serde(default)]
+    pub routes: Vec<RouteFile>,
+}
+
+/// `[server]`: the data-plane listener.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ServerFile {
+    /// Address of the data listener. Defaults to `127.0.0.1:8080`.
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    /// CIDRs whose `X-Forwarded-For` is believed for the client IP. Defaults to none.
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
+    /// Worker threads of the proxy service. Defaults to the number of CPUs.
+    pub threads: Option<usize>,
+    /// Seconds a graceful shutdown (SIGTERM) waits for in-flight requests. Defaults to 30.
+    pub grace_period_secs: Option<u64>,
+    /// Upstream keep-alive connections kept in total. Defaults to 512.
+    pub upstream_keepalive_pool_size: Option<usize>,
+    /// Largest `Authorization` header accepted, in bytes. Defaults to 8192.
+    pub max_token_bytes: Option<usize>,
+    /// Largest request body read to find a `client_id` (token endpoint), in bytes.
+    /// Defaults to 16384; at most 65536.
+    pub max_body_bytes: Option<usize>,
+    /// Optional TLS on the data listener.
+    pub tls: Option<TlsFile>,
+    /// Accept HTTP/2 over cleartext (h2c prior knowledge). Defaults to true.
+    pub h2c: Option<bool>,
+    /// Unix socket used to hand listeners to a new binary (zero-downtime upgrade).
+    /// Defaults to `/tmp/wetrials-gateway-upgrade.sock`.
+    pub upgrade_sock: Option<String>,
+    /// Pid file (used by the upgrade procedure). Defaults to `/tmp/wetrials-gateway.pid`.
+    pub pid_file: Option<String>,
+}
+
+impl Default for ServerFile {
+    fn default() -> Self {
+        ServerFile {
+            listen: default_listen(),
+            trusted_proxies: Vec::new(),
+            threads: None,
+            grace_period_secs: None,
+            upstream_keepalive_pool_size: None,
+            max_token_bytes: None,
+            max_body_bytes: None,
+            tls: None,
+            h2c: None,
+            upgrade_sock: None,
+            pid_file: None,
+        }
+    }
+}
+
+fn default_listen() -> String {
+    "127.0.0.1:8080".to_string()
+}
+
+/// `[server.tls]`: certificate and key (PEM) of the data listener.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFile {
+    pub cert_path: String,
+    pub key_path: String,
+}
+
+/// `[admin]`: the side listener for `/metrics`, `/healthz`, `/readyz`, `POST /reload`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AdminFile {
+    /// Defaults to `127.0.0.1:9091`.
+    #[serde(default = "default_admin_listen")]
+    pub listen: String,
+}
+
+impl Default for AdminFile {
+    fn default() -> Self {
+        AdminFile {
+            listen: default_admin_listen(),
+        }
+    }
+}
+
+fn default_admin_listen() -> String {
+    "127.0.0.1:9091".to_string()
+}
+
+/// `[logging]`.
+#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct LoggingFile {
+    /// `json` or `text`. Defaults to `json`, or `text` when stderr is a terminal.
+    pub format: Option<String>,
+    /// A tracing filter (`info`, `warn,wetrials_gateway=debug`). `RUST_LOG` wins. Defaults to `info`.
+    pub level: Option<String>,
+    /// Write one access-log line per request. Defaults to true.
+    pub access_log: Option<bool>,
+}
+
+/// `[rate_limit]`: where limiter state lives.
+#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitFile {
+    /// `memory` (default) or `redis`.
+    pub backend: Option<String>,
+    /// `redis://[user:pass@]host:port/db`; required with `backend = "redis"`.
+    pub redis_url: Option<String>,
+    /// Multiplexed Redis connections. Defaults to 4.
+    pub pool_size: Option<usize>,
+    /// Bound on one Redis decision, in ms. Defaults to 50.
+    pub timeout_ms: Option<u64>,
+    /// `fail_open` (default: decide locally and count it) or `fail_closed` (503).
+    pub on_backend_error: Option<String>,
+    /// Prefix of the Redis keys. Defaults to `wtgw`.
+    pub key_prefix: Option<String>,
+    /// Keys the memory backend holds at most. Defaults to 1,000,000.
+    pub memory_max_keys: Option<u64>,
+}
+
+/// `[[issuers]]`: one token issuer.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct IssuerFile {
+    pub name: String,
+    /// Exact value of `iss`.
+    pub issuer: String,
+    /// `aud` must contain one of these.
+    #[serde(default)]
+    pub audiences: Vec<String>,
+    /// http(s) URL or absolute file path of the JWKS.
+    pub jwks_uri: Option<String>,
+    /// OIDC discovery document URL, instead of `jwks_uri`.
+    pub discovery_url: Option<String>,
+    /// Allowed algorithms. Defaults to `["RS256"]`.
+    pub algorithms: Option<Vec<String>>,
+    /// Clock skew allowed on `exp`, `nbf`, `iat`. Defaults to 30.
+    pub leeway_secs: Option<u64>,
+    /// Remove `Authorization` before forwarding. Defaults to false.
+    pub strip_authorization: Option<bool>,
+    /// JWKS refresh when the response has no `Cache-Control: max-age`. Defaults to 300.
+    pub jwks_refresh_secs: Option<u64>,
+    /// Lower bound on the refresh interval (also bounds `max-age`). Defaults to 30.
+    pub jwks_min_refresh_secs: Option<u64>,
+    /// Upper bound on the refresh interval (also bounds `max-age`). Defaults to 86400.
+    pub jwks_max_refresh_secs: Option<u64>,
+    /// Least time between two refetches caused by unknown `kid`s. Defaults to 10.
+    pub unknown_kid_cooldown_secs: Option<u64>,
+    /// Bound on one JWKS or discovery fetch, in ms. Defaults to 3000.
+    pub jwks_timeout_ms: Option<u64>,
+}
+
+/// `[[upstreams]]`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamFile {
+    pub name: String,
+    /// `host:port` of each peer; names are resolved when the config is loaded.
+    pub peers: Vec<String>,
+    /// Connect to the peers with TLS. Defaults to false.
+    pub tls: Option<bool>,
+    /// SNI and certificate name for TLS. Defaults to the host of the first peer.
+    pub sni: Option<String>,
+    /// Verify the upstream certificate. Defaults to true.
+    pub verify_cert: Option<bool>,
+    /// Defaults to 2000.
+    pub connect_timeout_ms: Option<u64>,
+    /// Defaults to 30000.
+    pub read_timeout_ms: Option<u64>,
+    /// Defaults to 30000.
+    pub write_timeout_ms: Option<u64>,
+    /// Idle keep-alive connections are closed after this. Defaults to 60000.
+    pub idle_timeout_ms: Option<u64>,
+}
+
+/// `[[routes]]`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RouteFile {
+    pub name: String,
+    /// Omitted = any method.
+    pub methods: Option<Vec<String>>,
+    pub path: String,
+    pub upstream: String,
+    /// `jwt` (default) or `none`.
+    pub auth: Option<String>,
+    /// Every one required.
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    /// At least one required.
+    #[serde(default)]
+    pub any_scopes: Vec<String>,
+    /// Only accept tokens from these issuers (names). Defaults to all.
+    pub issuers: Option<Vec<String>>,
+    /// Opt-in: also look for the token in this query parameter.
+    pub token_query_param: Option<String>,
+    /// Opt-in: also look for the token in this cookie.
+    pub token_cookie: Option<String>,
+    /// One limit (`[routes.rate_limit]`) or several (`[[routes.rate_limit]]`).
+    pub rate_limit: Option<OneOrMany<RateLimitRuleFile>>,
+}
+
+/// A table or an array of tables.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(untagged)]
+pub enum OneOrMany<T> {
+    One(T),
+    Many(Vec<T>),
+}
+
+impl<T> OneOrMany<T> {
+    pub fn as_slice(&self) -> &[T] {
+        match self {
+            OneOrMany::One(t) => std::slice::from_ref(t),
+            OneOrMany::Many(v) => v,
+        }
+    }
+}
+
+/// `[routes.rate_limit]`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitRuleFile {
+    pub requests: u32,
+    /// `30s`, `1m`, `1h`, `1d` (humantime).
+    pub period: String,
+    /// Sources tried in order. Defaults to `["ip"]`.
+    pub key: Option<Vec<String>>,
+}

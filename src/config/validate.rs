@@ -1,0 +1,761 @@
+//! Step 0, continued: file structs -> runtime types. Parse everything, then fail with every
+//! problem at once, each with its TOML location.
+
+use std::collections::HashSet;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ipnet::IpNet;
+use jsonwebtoken::Algorithm;
+
+use super::file::*;
+use super::{ConfigError, Problem};
+use crate::policy::{KeySource, PathTemplate, RequiredScopes};
+use crate::ratelimit::LimitSpec;
+
+/// The validated configuration the gateway runs on.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GatewayConfig {
+    pub server: ServerSettings,
+    pub admin: AdminSettings,
+    pub logging: LoggingSettings,
+    pub rate_limit: RateLimitSettings,
+    pub issuers: Vec<IssuerConfig>,
+    pub upstreams: Vec<UpstreamConfig>,
+    pub routes: Vec<RouteConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServerSettings {
+    pub listen: String,
+    pub trusted_proxies: Vec<IpNet>,
+    pub threads: usize,
+    pub grace_period: Duration,
+    pub upstream_keepalive_pool_size: usize,
+    pub max_token_bytes: usize,
+    pub max_body_bytes: usize,
+    pub tls: Option<(PathBuf, PathBuf)>,
+    pub h2c: bool,
+    pub upgrade_sock: String,
+    pub pid_file: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct AdminSettings {
+    pub listen: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Json,
+    Text,
+    /// JSON, or text when stderr is a terminal.
+    Auto,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoggingSettings {
+    pub format: LogFormat,
+    pub level: String,
+    pub access_log: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum RateLimitBackendSetting {
+    Memory,
+    Redis {
+        url: String,
+        pool_size: usize,
+        timeout: Duration,
+        key_prefix: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RateLimitSettings {
+    pub backend: RateLimitBackendSetting,
+    pub fail_open: bool,
+    pub memory_max_keys: u64,
+}
+
+/// Where an issuer's keys come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JwksSource {
+    Url(String),
+    File(PathBuf),
+    Discovery(String),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct IssuerConfig {
+    pub name: String,
+    pub issuer: String,
+    pub audiences: Vec<String>,
+    pub jwks: JwksSource,
+    pub algorithms: Vec<Algorithm>,
+    pub leeway: Duration,
+    pub strip_authorization: bool,
+    pub refresh: Duration,
+    pub min_refresh: Duration,
+    pub max_refresh: Duration,
+    pub unknown_kid_cooldown: Duration,
+    pub fetch_timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct UpstreamConfig {
+    pub name: String,
+    pub peers: Vec<SocketAddr>,
+    pub tls: bool,
+    pub sni: String,
+    pub verify_cert: bool,
+    pub connect_timeout: Duration,
+    pub read_timeout: Duration,
+    pub write_timeout: Duration,
+    pub idle_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthMode {
+    Jwt,
+    None,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RouteConfig {
+    pub name: String,
+    pub methods: Option<Vec<http::Method>>,
+    pub path: PathTemplate,
+    pub upstream: String,
+    pub auth: AuthMode,
+    pub scopes: RequiredScopes,
+    pub issuers: Option<Vec<String>>,
+    pub token_query_param: Option<String>,
+    pub token_cookie: Option<String>,
+    pub limits: Vec<LimitSpec>,
+    pub limit_key: Vec<KeySource>,
+}
+
+struct Collector {
+    problems: Vec<Problem>,
+}
+
+impl Collector {
+    fn push(&mut self, location: impl Into<String>, message: impl Into<String>) {
+        self.problems.push(Problem {
+            location: location.into(),
+            message: message.into(),
+        });
+    }
+}
+
+/// Build runtime types from the file; every problem is reported.
+pub fn validate(file: &GatewayFile, base_dir: &Path) -> Result<GatewayConfig, ConfigError> {
+    let mut c = Collector {
+        problems: Vec::new(),
+    };
+    let server = server_settings(&file.server, base_dir, &mut c);
+    if !is_socket_addr(&file.admin.listen) {
+        c.push("admin.listen", format!("{:?} is not an ip:port address", file.admin.listen));
+    } else if file.admin.listen == file.server.listen {
+        c.push("admin.listen", "must differ from server.listen");
+    }
+    let logging = logging_settings(&file.logging, &mut c);
+    let rate_limit = rate_limit_settings(&file.rate_limit, &mut c);
+
+    let mut issuers = Vec::new();
+    let mut names = HashSet::new();
+    let mut iss_values = HashSet::new();
+    for (i, raw) in file.issuers.iter().enumerate() {
+        let at = format!("issuers[{i}] {:?}", raw.name);
+        if !names.insert(raw.name.clone()) {
+            c.push(&at, format!("duplicate issuer name {:?}", raw.name));
+        }
+        if !iss_values.insert(raw.issuer.clone()) {
+            c.push(&at, format!("another issuer already has issuer = {:?}", raw.issuer));
+        }
+        if let Some(cfg) = issuer(raw, base_dir, &at, &mut c) {
+            issuers.push(cfg);
+        }
+    }
+
+    let mut upstreams = Vec::new();
+    let mut up_names = HashSet::new();
+    for (i, raw) in file.upstreams.iter().enumerate() {
+        let at = format!("upstreams[{i}] {:?}", raw.name);
+        if !up_names.insert(raw.name.clone()) {
+            c.push(&at, format!("duplicate upstream name {:?}", raw.name));
+        }
+        if let Some(cfg) = upstream(raw, &at, &mut c) {
+            upstreams.push(cfg);
+        }
+    }
+
+    let mut routes = Vec::new();
+    let mut route_names = HashSet::new();
+    for (i, raw) in file.routes.iter().enumerate() {
+        let at = format!("routes[{i}] {:?}", raw.name);
+        if !route_names.insert(raw.name.clone()) {
+            c.push(&at, format!("duplicate route name {:?}", raw.name));
+        }
+        if let Some(cfg) = route(raw, &up_names, &names, !file.issuers.is_empty(), &at, &mut c) {
+            routes.push(cfg);
+        }
+    }
+    if file.routes.is_empty() {
+        c.push("routes", "no routes: every request would be answered 404");
+    }
+
+    if !c.problems.is_empty() {
+        return Err(ConfigError::Invalid(c.problems));
+    }
+    Ok(GatewayConfig {
+        server,
+        admin: AdminSettings {
+            listen: file.admin.listen.clone(),
+        },
+        logging,
+        rate_limit,
+        issuers,
+        upstreams,
+        routes,
+    })
+}
+
+fn is_socket_addr(s: &str) -> bool {
+    s.parse::<SocketAddr>().is_ok()
+}
+
+fn server_settings(f: &ServerFile, base_dir: &Path, c: &mut Collector) -> ServerSettings {
+    if !is_socket_addr(&f.listen) {
+        c.push("server.listen", format!("{:?} is not an ip:port address", f.listen));
+    }
+    let mut trusted = Vec::new();
+    for (i, cidr) in f.trusted_proxies.iter().enumerate() {
+        match parse_cidr(cidr) {
+            Some(net) => trusted.push(net),
+            None => c.push(
+                format!("server.trusted_proxies[{i}]"),
+                format!("{cidr:?} is not a CIDR (e.g. 10.0.0.0/8) or an IP address"),
+            ),
+        }
+    }
+    if f.threads == Some(0) {
+        c.push("server.threads", "must be at least 1");
+    }
+    let max_body = f.max_body_bytes.unwrap_or(16 * 1024);
+    if max_body > 64 * 1024 {
+        c.push("server.max_body_bytes", "at most 65536 (the body is buffered to be forwarded unchanged)");
+    }
+    let tls = f.tls.as_ref().map(|t| {
+        let cert = resolve(base_dir, &t.cert_path);
+        let key = resolve(base_dir, &t.key_path);
+        if !cert.is_file() {
+            c.push("server.tls.cert_path", format!("{} is not a readable file", cert.display()));
+        }
+        if !key.is_file() {
+            c.push("server.tls.key_path", format!("{} is not a readable file", key.display()));
+        }
+        (cert, key)
+    });
+    ServerSettings {
+        listen: f.listen.clone(),
+        trusted_proxies: trusted,
+        threads: f.threads.unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        }),
+        grace_period: Duration::from_secs(f.grace_period_secs.unwrap_or(30)),
+        upstream_keepalive_pool_size: f.upstream_keepalive_pool_size.unwrap_or(512),
+        max_token_bytes: f.max_token_bytes.unwrap_or(8192),
+        max_body_bytes: max_body,
+        tls,
+        h2c: f.h2c.unwrap_or(true),
+        upgrade_sock: f.upgrade_sock.clone().unwrap_or_else(|| "/tmp/wetrials-gateway-upgrade.sock".into()),
+        pid_file: f.pid_file.clone().unwrap_or_else(|| "/tmp/wetrials-gateway.pid".into()),
+    }
+}
+
+fn resolve(base_dir: &Path, p: &str) -> PathBuf {
+    let path = PathBuf::from(p);
+    if path.is_absolute() {
+        path
+    } else {
+        base_dir.join(path)
+    }
+}
+
+/// `10.0.0.0/8`, or a bare address meaning that one host.
+pub fn parse_cidr(s: &str) -> Option<IpNet> {
+    s.parse::<IpNet>()
+        .ok()
+        .or_else(|| s.parse::<std::net::IpAddr>().ok().map(IpNet::from))
+}
+
+fn logging_settings(f: &LoggingFile, c: &mut Collector) -> LoggingSettings {
+    let format = match f.format.as_deref() {
+        None => LogFormat::Auto,
+        Some("json") => LogFormat::Json,
+        Some("text") => LogFormat::Text,
+        Some(other) => {
+            c.push("logging.format", format!("{other:?} is not one of \"json\", \"text\""));
+            LogFormat::Json
+        }
+    };
+    let level = f.level.clone().unwrap_or_else(|| "info".to_string());
+    if tracing_subscriber::EnvFilter::try_new(&level).is_err() {
+        c.push("logging.level", format!("{level:?} is not a valid log filter"));
+    }
+    LoggingSettings {
+        format,
+        level,
+        access_log: f.access_log.unwrap_or(true),
+    }
+}
+
+fn rate_limit_settings(f: &RateLimitFile, c: &mut Collector) -> RateLimitSettings {
+    let pool_size = f.pool_size.unwrap_or(4);
+    if pool_size == 0 || pool_size > 256 {
+        c.push("rate_limit.pool_size", "must be between 1 and 256");
+    }
+    let timeout_ms = f.timeout_ms.unwrap_or(50);
+    if timeout_ms == 0 || timeout_ms > 10_000 {
+        c.push("rate_limit.timeout_ms", "must be between 1 and 10000");
+    }
+    let backend = match f.backend.as_deref() {
+        None | Some("memory") => RateLimitBackendSetting::Memory,
+        Some("redis") => match &f.redis_url {
+            Some(url) if url.starts_with("redis://") || url.starts_with("rediss://") => {
+                RateLimitBackendSetting::Redis {
+                    url: url.clone(),
+                    pool_size,
+                    timeout: Duration::from_millis(timeout_ms),
+                    key_prefix: f.key_prefix.clone().unwrap_or_else(|| "wtgw".to_string()),
+                }
+            }
+            Some(_) => {
+                c.push("rate_limit.redis_url", "must start with redis:// or rediss://");
+                RateLimitBackendSetting::Memory
+            }
+            None => {
+                c.push("rate_limit.redis_url", "required with backend = \"redis\"");
+                RateLimitBackendSetting::Memory
+            }
+        },
+        Some(other) => {
+            c.push("rate_limit.backend", format!("{other:?} is not one of \"memory\", \"redis\""));
+            RateLimitBackendSetting::Memory
+        }
+    };
+    let fail_open = match f.on_backend_error.as_deref() {
+        None | Some("fail_open") => true,
+        Some("fail_closed") => false,
+        Some(other) => {
+            c.push(
+                "rate_limit.on_backend_error",
+                format!("{other:?} is not one of \"fail_open\", \"fail_closed\""),
+            );
+            true
+        }
+    };
+    let memory_max_keys = f.memory_max_keys.unwrap_or(1_000_000);
+    if memory_max_keys == 0 {
+        c.push("rate_limit.memory_max_keys", "must be at least 1");
+    }
+    RateLimitSettings {
+        backend,
+        fail_open,
+        memory_max_keys,
+    }
+}
+
+fn parse_algorithm(s: &str) -> Result<Algorithm, String> {
+    Ok(match s {
+        "RS256" => Algorithm::RS256,
+        "RS384" => Algorithm::RS384,
+        "RS512" => Algorithm::RS512,
+        "PS256" => Algorithm::PS256,
+        "PS384" => Algorithm::PS384,
+        "PS512" => Algorithm::PS512,
+        "ES256" => Algorithm::ES256,
+        "ES384" => Algorithm::ES384,
+        "EdDSA" => Algorithm::EdDSA,
+        "none" => return Err("\"none\" is never allowed".into()),
+        s if s.starts_with("HS") => {
+            return Err(format!("{s:?}: HMAC algorithms are not allowed with public keys"))
+        }
+        other => return Err(format!("{other:?} is not a supported algorithm (RS*, PS*, ES256, ES384, EdDSA)")),
+    })
+}
+
+fn is_http_url(s: &str) -> bool {
+    s.starts_with("http://") || s.starts_with("https://")
+}
+
+fn issuer(f: &IssuerFile, base_dir: &Path, at: &str, c: &mut Collector) -> Option<IssuerConfig> {
+    let before = c.problems.len();
+    if f.name.trim().is_empty() {
+        c.push(format!("{at}.name"), "must not be empty");
+    }
+    if f.issuer.is_empty() {
+        c.push(format!("{at}.issuer"), "must not be empty");
+    }
+    if f.audiences.is_empty() {
+        c.push(format!("{at}.audiences"), "at least one audience is required (`aud` must match)");
+    }
+    let jwks = match (&f.jwks_uri, &f.discovery_url) {
+        (Some(_), Some(_)) => {
+            c.push(at, "set either jwks_uri or discovery_url, not both");
+            None
+        }
+        (None, None) => {
+            c.push(at, "one of jwks_uri or discovery_url is required");
+            None
+        }
+        (Some(uri), None) if is_http_url(uri) => Some(JwksSource::Url(uri.clone())),
+        (Some(uri), None) => {
+            let p = PathBuf::from(uri.strip_prefix("file://").unwrap_or(uri));
+            if !p.is_absolute() {
+                c.push(format!("{at}.jwks_uri"), "must be an http(s) URL or an absolute file path");
+                None
+            } else {
+                let _ = base_dir;
+                Some(JwksSource::File(p))
+            }
+        }
+        (None, Some(url)) if is_http_url(url) => Some(JwksSource::Discovery(url.clone())),
+        (None, Some(_)) => {
+            c.push(format!("{at}.discovery_url"), "must be an http(s) URL");
+            None
+        }
+    };
+    let mut algorithms = Vec::new();
+    let raw_algs = f.algorithms.clone().unwrap_or_else(|| vec!["RS256".to_string()]);
+    if raw_algs.is_empty() {
+        c.push(format!("{at}.algorithms"), "must list at least one algorithm");
+    }
+    for (i, a) in raw_algs.iter().enumerate() {
+        match parse_algorithm(a) {
+            Ok(alg) if !algorithms.contains(&alg) => algorithms.push(alg),
+            Ok(_) => {}
+            Err(e) => c.push(format!("{at}.algorithms[{i}]"), e),
+        }
+    }
+    let leeway = f.leeway_secs.unwrap_or(30);
+    if leeway > 600 {
+        c.push(format!("{at}.leeway_secs"), "at most 600 seconds");
+    }
+    let min_refresh = f.jwks_min_refresh_secs.unwrap_or(30).max(1);
+    let max_refresh = f.jwks_max_refresh_secs.unwrap_or(86_400);
+    let refresh = f.jwks_refresh_secs.unwrap_or(300);
+    if min_refresh > max_refresh {
+        c.push(format!("{at}.jwks_min_refresh_secs"), "must not exceed jwks_max_refresh_secs");
+    }
+    if c.problems.len() != before {
+        return None;
+    }
+    Some(IssuerConfig {
+        name: f.name.clone(),
+        issuer: f.issuer.clone(),
+        audiences: f.audiences.clone(),
+        jwks: jwks?,
+        algorithms,
+        leeway: Duration::from_secs(leeway),
+        strip_authorization: f.strip_authorization.unwrap_or(false),
+        refresh: Duration::from_secs(refresh.clamp(min_refresh, max_refresh)),
+        min_refresh: Duration::from_secs(min_refresh),
+        max_refresh: Duration::from_secs(max_refresh),
+        unknown_kid_cooldown: Duration::from_secs(f.unknown_kid_cooldown_secs.unwrap_or(10)),
+        fetch_timeout: Duration::from_millis(f.jwks_timeout_ms.unwrap_or(3000).max(1)),
+    })
+}
+
+fn upstream(f: &UpstreamFile, at: &str, c: &mut Collector) -> Option<UpstreamConfig> {
+    let before = c.problems.len();
+    if f.peers.is_empty() {
+        c.push(format!("{at}.peers"), "at least one peer is required");
+    }
+    let mut peers = Vec::new();
+    for (i, p) in f.peers.iter().enumerate() {
+        match p.to_socket_addrs().map(|mut it| it.next()) {
+            Ok(Some(addr)) => peers.push(addr),
+            _ => c.push(format!("{at}.peers[{i}]"), format!("{p:?} is not a resolvable host:port")),
+        }
+    }
+    let tls = f.tls.unwrap_or(false);
+    let sni = f.sni.clone().unwrap_or_else(|| {
+        f.peers
+            .first()
+            .and_then(|p| p.rsplit_once(':').map(|(h, _)| h.trim_matches(['[', ']']).to_string()))
+            .unwrap_or_default()
+    });
+    let ms = |v: Option<u64>, d: u64| Duration::from_millis(v.unwrap_or(d).max(1));
+    if c.problems.len() != before {
+        return None;
+    }
+    Some(UpstreamConfig {
+        name: f.name.clone(),
+        peers,
+        tls,
+        sni,
+        verify_cert: f.verify_cert.unwrap_or(true),
+        connect_timeout: ms(f.connect_timeout_ms, 2000),
+        read_timeout: ms(f.read_timeout_ms, 30_000),
+        write_timeout: ms(f.write_timeout_ms, 30_000),
+        idle_timeout: ms(f.idle_timeout_ms, 60_000),
+    })
+}
+
+fn route(
+    f: &RouteFile,
+    upstreams: &HashSet<String>,
+    issuers: &HashSet<String>,
+    any_issuer: bool,
+    at: &str,
+    c: &mut Collector,
+) -> Option<RouteConfig> {
+    let before = c.problems.len();
+    let path = match PathTemplate::parse(&f.path) {
+        Ok(p) => Some(p),
+        Err(e) => {
+            c.push(format!("{at}.path"), e);
+            None
+        }
+    };
+    let methods = f.methods.as_ref().map(|ms| {
+        if ms.is_empty() {
+            c.push(format!("{at}.methods"), "an empty list matches nothing; omit it for any method");
+        }
+        ms.iter()
+            .enumerate()
+            .filter_map(|(i, m)| {
+                let upper = m.to_ascii_uppercase();
+                match http::Method::from_bytes(upper.as_bytes()) {
+                    Ok(method) if upper == *m => Some(method),
+                    Ok(_) => {
+                        c.push(format!("{at}.methods[{i}]"), format!("{m:?}: write methods in upper case"));
+                        None
+                    }
+                    Err(_) => {
+                        c.push(format!("{at}.methods[{i}]"), format!("{m:?} is not an HTTP method"));
+                        None
+                    }
+                }
+            })
+            .collect::<Vec<_>>()
+    });
+    if !upstreams.contains(&f.upstream) {
+        c.push(format!("{at}.upstream"), format!("unknown upstream {:?}", f.upstream));
+    }
+    let auth = match f.auth.as_deref() {
+        None | Some("jwt") => AuthMode::Jwt,
+        Some("none") => AuthMode::None,
+        Some(other) => {
+            c.push(format!("{at}.auth"), format!("{other:?} is not one of \"jwt\", \"none\""));
+            AuthMode::Jwt
+        }
+    };
+    if auth == AuthMode::Jwt && !any_issuer {
+        c.push(format!("{at}.auth"), "auth = \"jwt\" needs at least one [[issuers]]");
+    }
+    if auth == AuthMode::None && (!f.scopes.is_empty() || !f.any_scopes.is_empty()) {
+        c.push(at, "scopes on an auth = \"none\" route would never be checked");
+    }
+    for (field, list) in [("scopes", &f.scopes), ("any_scopes", &f.any_scopes)] {
+        for (i, s) in list.iter().enumerate() {
+            if s.is_empty() || !s.bytes().all(|b| (0x21..=0x7e).contains(&b) && b != b'"' && b != b'\\') {
+                c.push(format!("{at}.{field}[{i}]"), format!("{s:?} is not a valid scope token (RFC 6749 §3.3)"));
+            }
+        }
+    }
+    if let Some(list) = &f.issuers {
+        for (i, name) in list.iter().enumerate() {
+            if !issuers.contains(name) {
+                c.push(format!("{at}.issuers[{i}]"), format!("unknown issuer {name:?}"));
+            }
+        }
+    }
+    let mut limits = Vec::new();
+    let mut limit_key: Option<Vec<KeySource>> = None;
+    if let Some(rl) = &f.rate_limit {
+        for (i, rule) in rl.as_slice().iter().enumerate() {
+            let rat = if matches!(rl, OneOrMany::One(_)) {
+                format!("{at}.rate_limit")
+            } else {
+                format!("{at}.rate_limit[{i}]")
+            };
+            if rule.requests == 0 {
+                c.push(format!("{rat}.requests"), "must be at least 1");
+            }
+            match humantime::parse_duration(&rule.period) {
+                Ok(d) if d >= Duration::from_secs(1) && d <= Duration::from_secs(31 * 86_400) => {
+                    limits.push(LimitSpec {
+                        requests: rule.requests,
+                        period: d,
+                    })
+                }
+                Ok(_) => c.push(format!("{rat}.period"), "must be between 1s and 31 days"),
+                Err(_) => c.push(
+                    format!("{rat}.period"),
+                    format!("{:?} is not a duration like \"30s\", \"1m\", \"1h\"", rule.period),
+                ),
+            }
+            let raw_keys = rule.key.clone().unwrap_or_else(|| vec!["ip".to_string()]);
+            let mut keys = Vec::new();
+            if raw_keys.is_empty() {
+                c.push(format!("{rat}.key"), "must name at least one source");
+            }
+            for (k, src) in raw_keys.iter().enumerate() {
+                match KeySource::parse(src) {
+                    Ok(ks) => keys.push(ks),
+                    Err(e) => c.push(format!("{rat}.key[{k}]"), e),
+                }
+            }
+            match &limit_key {
+                None => limit_key = Some(keys),
+                Some(prev) if *prev == keys => {}
+                Some(_) => c.push(
+                    format!("{rat}.key"),
+                    "all limits of one route must use the same key (they are decided together)",
+                ),
+            }
+        }
+    }
+    for (field, v) in [("token_query_param", &f.token_query_param), ("token_cookie", &f.token_cookie)] {
+        if let Some(v) = v {
+            if v.is_empty() {
+                c.push(format!("{at}.{field}"), "must not be empty");
+            }
+            if auth == AuthMode::None {
+                c.push(format!("{at}.{field}"), "has no effect on an auth = \"none\" route");
+            }
+        }
+    }
+    if c.problems.len() != before {
+        return None;
+    }
+    Some(RouteConfig {
+        name: f.name.clone(),
+        methods,
+        path: path?,
+        upstream: f.upstream.clone(),
+        auth,
+        scopes: RequiredScopes::new(f.scopes.clone(), f.any_scopes.clone()),
+        issuers: f.issuers.clone(),
+        token_query_param: f.token_query_param.clone(),
+        token_cookie: f.token_cookie.clone(),
+        limits,
+        limit_key: limit_key.unwrap_or_default(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::from_str;
+    use super::*;
+
+    const GOOD: &str = r#"
+[server]
+listen = "127.0.0.1:8080"
+[admin]
+listen = "127.0.0.1:9091"
+[[issuers]]
+name = "wetrials"
+issuer = "https://auth.wetrials.com"
+audiences = ["https://api.wetrials.com"]
+jwks_uri = "http://127.0.0.1:8900/.well-known/jwks.json"
+algorithms = ["RS256", "ES256"]
+[[upstreams]]
+name = "api"
+peers = ["127.0.0.1:9000"]
+[[routes]]
+name = "studies-read"
+methods = ["GET"]
+path = "/v1/studies/{id}"
+upstream = "api"
+scopes = ["read:studies"]
+[routes.rate_limit]
+requests = 20
+period = "1m"
+key = ["cookie:session", "ip"]
+"#;
+
+    #[test]
+    fn contract_example_is_valid() {
+        let cfg = from_str(GOOD).unwrap();
+        assert_eq!(cfg.routes[0].limits[0].requests, 20);
+        assert_eq!(cfg.routes[0].limits[0].period, Duration::from_secs(60));
+        assert_eq!(
+            cfg.routes[0].limit_key,
+            vec![KeySource::Cookie("session".into()), KeySource::Ip]
+        );
+        assert_eq!(cfg.issuers[0].algorithms, vec![Algorithm::RS256, Algorithm::ES256]);
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_location() {
+        let bad = GOOD
+            .replace("upstream = \"api\"", "upstream = \"apx\"")
+            .replace("\"RS256\", \"ES256\"", "\"none\", \"HS256\"")
+            .replace("period = \"1m\"", "period = \"soon\"")
+            .replace("\"cookie:session\"", "\"cookie:\"");
+        let err = from_str(&bad).unwrap_err();
+        let problems = err.problems();
+        let all = problems.join("\n");
+        assert!(all.contains("routes[0] \"studies-read\".upstream: unknown upstream \"apx\""), "{all}");
+        assert!(all.contains("issuers[0] \"wetrials\".algorithms[0]"), "{all}");
+        assert!(all.contains("issuers[0] \"wetrials\".algorithms[1]"), "{all}");
+        assert!(all.contains("routes[0] \"studies-read\".rate_limit.period"), "{all}");
+        assert!(all.contains("routes[0] \"studies-read\".rate_limit.key[0]"), "{all}");
+        assert_eq!(problems.len(), 5, "{all}");
+    }
+
+    #[test]
+    fn several_limits_on_one_route_are_accepted() {
+        let cfg = from_str(&GOOD.replace(
+            "[routes.rate_limit]\nrequests = 20\nperiod = \"1m\"\nkey = [\"cookie:session\", \"ip\"]",
+            "[[routes.rate_limit]]\nrequests = 20\nperiod = \"1m\"\nkey = [\"sub\"]\n[[routes.rate_limit]]\nrequests = 200\nperiod = \"1h\"\nkey = [\"sub\"]",
+        ))
+        .unwrap();
+        assert_eq!(cfg.routes[0].limits.len(), 2);
+        assert_eq!(cfg.routes[0].limits[1].period, Duration::from_secs(3600));
+    }
+
+    #[test]
+    fn different_keys_on_one_route_are_refused() {
+        let err = from_str(&GOOD.replace(
+            "[routes.rate_limit]\nrequests = 20\nperiod = \"1m\"\nkey = [\"cookie:session\", \"ip\"]",
+            "[[routes.rate_limit]]\nrequests = 20\nperiod = \"1m\"\nkey = [\"sub\"]\n[[routes.rate_limit]]\nrequests = 200\nperiod = \"1h\"\nkey = [\"ip\"]",
+        ))
+        .unwrap_err();
+        assert!(err.to_string().contains("same key"), "{err}");
+    }
+
+    #[test]
+    fn jwks_uri_relative_path_is_refused() {
+        let err = from_str(&GOOD.replace(
+            "http://127.0.0.1:8900/.well-known/jwks.json",
+            "keys/jwks.json",
+        ))
+        .unwrap_err();
+        assert!(err.to_string().contains("absolute file path"), "{err}");
+    }
+
+    #[test]
+    fn trusted_proxies_accept_cidrs_and_addresses() {
+        let cfg = from_str(&GOOD.replace(
+            "listen = \"127.0.0.1:8080\"",
+            "listen = \"127.0.0.1:8080\"\ntrusted_proxies = [\"10.0.0.0/8\", \"127.0.0.1\", \"::1\"]",
+        ))
+        .unwrap();
+        assert_eq!(cfg.server.trusted_proxies.len(), 3);
+        let err = from_str(&GOOD.replace(
+            "listen = \"127.0.0.1:8080\"",
+            "listen = \"127.0.0.1:8080\"\ntrusted_proxies = [\"10.0.0.0/33\"]",
+        ))
+        .unwrap_err();
+        assert!(err.to_string().contains("server.trusted_proxies[0]"), "{err}");
+    }
+}

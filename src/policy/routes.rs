@@ -1,0 +1,251 @@
+//! The route table: path templates (exact, `{param}` = one segment, trailing `/*` = prefix of
+//! zero or more segments), an optional method list, first match in file order wins.
+
+use std::sync::Arc;
+
+use http::Method;
+
+use super::{KeySource, RequiredScopes};
+use crate::config::{AuthMode, RouteConfig};
+use crate::ratelimit::LimitSpec;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Segment {
+    Literal(String),
+    Param,
+}
+
+/// A parsed `path` of a route.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PathTemplate {
+    raw: String,
+    segments: Vec<Segment>,
+    prefix: bool,
+}
+
+impl PathTemplate {
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        if !raw.starts_with('/') {
+            return Err(format!("{raw:?} must start with '/'"));
+        }
+        let (body, prefix) = if raw == "/*" {
+            ("", true)
+        } else if let Some(b) = raw.strip_suffix("/*") {
+            (b, true)
+        } else {
+            (raw, false)
+        };
+        let mut segments = Vec::new();
+        let trimmed = body.trim_start_matches('/');
+        if !trimmed.is_empty() {
+            for seg in trimmed.split('/') {
+                if seg.is_empty() {
+                    return Err(format!("{raw:?} has an empty segment or a trailing '/'"));
+                }
+                if seg.starts_with('{') || seg.ends_with('}') {
+                    let name = seg
+                        .strip_prefix('{')
+                        .and_then(|s| s.strip_suffix('}'))
+                        .ok_or_else(|| format!("{raw:?}: unbalanced braces in segment {seg:?}"))?;
+                    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                        return Err(format!("{raw:?}: parameter {seg:?} must be {{name}} with letters, digits or '_'"));
+                    }
+                    segments.push(Segment::Param);
+                } else {
+                    if seg.contains(['{', '}', '*', '?', '#']) {
+                        return Err(format!("{raw:?}: segment {seg:?} may not contain '{{', '}}', '*', '?' or '#' (a prefix is written as a trailing \"/*\")"));
+                    }
+                    let slashed = format!("/{seg}");
+                    let canonical = super::normalize_path(&slashed)
+                        .map_err(|e| format!("{raw:?}: {e}"))?;
+                    if canonical != slashed {
+                        return Err(format!(
+                            "{raw:?}: segment {seg:?} is not in normal form (requests are matched after normalisation; write {:?})",
+                            canonical.trim_start_matches('/')
+                        ));
+                    }
+                    segments.push(Segment::Literal(seg.to_string()));
+                }
+            }
+        }
+        Ok(PathTemplate {
+            raw: raw.to_string(),
+            segments,
+            prefix,
+        })
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.raw
+    }
+
+    /// Does this template match a normalised path?
+    pub fn matches(&self, path: &str) -> bool {
+        let mut parts = path.split('/').skip(1).filter(|s| !s.is_empty());
+        for seg in &self.segments {
+            match (seg, parts.next()) {
+                (Segment::Literal(lit), Some(p)) if lit == p => {}
+                (Segment::Param, Some(_)) => {}
+                _ => return false,
+            }
+        }
+        self.prefix || parts.next().is_none()
+    }
+}
+
+/// A route as the request path uses it.
+#[derive(Debug)]
+pub struct Route {
+    pub name: String,
+    pub methods: Option<Vec<Method>>,
+    pub path: PathTemplate,
+    /// Index into the snapshot's upstreams.
+    pub upstream: usize,
+    pub auth: AuthMode,
+    pub scopes: RequiredScopes,
+    /// Names of the issuers whose tokens are accepted here; `None` = all.
+    pub issuers: Option<Vec<String>>,
+    pub token_query_param: Option<String>,
+    pub token_cookie: Option<String>,
+    pub limits: Vec<LimitSpec>,
+    pub limit_key: Vec<KeySource>,
+    /// `limit=20, window=60` style policy text, built once for the response headers.
+    pub limit_policy: String,
+}
+
+impl Route {
+    pub fn from_config(cfg: &RouteConfig, upstream: usize) -> Self {
+        let limit_policy = cfg
+            .limits
+            .iter()
+            .map(|l| format!("{};w={}", l.requests, l.period.as_secs()))
+            .collect::<Vec<_>>()
+            .join(", ");
+        Route {
+            name: cfg.name.clone(),
+            methods: cfg.methods.clone(),
+            path: cfg.path.clone(),
+            upstream,
+            auth: cfg.auth,
+            scopes: cfg.scopes.clone(),
+            issuers: cfg.issuers.clone(),
+            token_query_param: cfg.token_query_param.clone(),
+            token_cookie: cfg.token_cookie.clone(),
+            limits: cfg.limits.clone(),
+            limit_key: cfg.limit_key.clone(),
+            limit_policy,
+        }
+    }
+
+    fn allows(&self, method: &Method) -> bool {
+        self.methods.as_ref().is_none_or(|ms| ms.contains(method))
+    }
+}
+
+/// Routes in file order.
+#[derive(Debug, Default)]
+pub struct RouteTable {
+    routes: Vec<Arc<Route>>,
+}
+
+impl RouteTable {
+    pub fn new(routes: Vec<Route>) -> Self {
+        RouteTable {
+            routes: routes.into_iter().map(Arc::new).collect(),
+        }
+    }
+
+    /// First route (file order) whose method list and template match the normalised path.
+    pub fn find(&self, method: &Method, path: &str) -> Option<&Arc<Route>> {
+        self.routes
+            .iter()
+            .find(|r| r.allows(method) && r.path.matches(path))
+    }
+
+    pub fn len(&self) -> usize {
+        self.routes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.routes.is_empty()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<Route>> {
+        self.routes.iter()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(p: &str) -> PathTemplate {
+        PathTemplate::parse(p).unwrap()
+    }
+
+    #[test]
+    fn template_exact_matches_only_itself() {
+        assert!(t("/v1/user/profile").matches("/v1/user/profile"));
+        assert!(!t("/v1/user/profile").matches("/v1/user/profile/x"));
+        assert!(!t("/v1/user/profile").matches("/v1/user"));
+        assert!(t("/").matches("/"));
+        assert!(!t("/").matches("/x"));
+    }
+
+    #[test]
+    fn template_param_matches_one_segment() {
+        let p = t("/v1/studies/{id}");
+        assert!(p.matches("/v1/studies/42"));
+        assert!(!p.matches("/v1/studies"));
+        assert!(!p.matches("/v1/studies/42/participants"));
+        assert!(t("/v1/studies/{id}/participants").matches("/v1/studies/7/participants"));
+    }
+
+    #[test]
+    fn template_prefix_matches_zero_or_more_segments() {
+        let p = t("/v1/admin/*");
+        assert!(p.matches("/v1/admin"));
+        assert!(p.matches("/v1/admin/users/1"));
+        assert!(!p.matches("/v1/administrators"));
+        assert!(t("/*").matches("/anything/at/all"));
+        assert!(t("/*").matches("/"));
+    }
+
+    #[test]
+    fn template_bad_forms_are_refused() {
+        for bad in ["v1/x", "/v1//x", "/v1/x/", "/v1/{}", "/v1/{a", "/v1/a*", "/v1/%73tudies", "/v1/./x"] {
+            assert!(PathTemplate::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    fn route(name: &str, methods: Option<Vec<Method>>, path: &str) -> Route {
+        Route {
+            name: name.into(),
+            methods,
+            path: t(path),
+            upstream: 0,
+            auth: AuthMode::Jwt,
+            scopes: RequiredScopes::default(),
+            issuers: None,
+            token_query_param: None,
+            token_cookie: None,
+            limits: vec![],
+            limit_key: vec![],
+            limit_policy: String::new(),
+        }
+    }
+
+    #[test]
+    fn table_first_match_in_file_order_wins() {
+        let table = RouteTable::new(vec![
+            route("read", Some(vec![Method::GET]), "/v1/studies/{id}"),
+            route("write", Some(vec![Method::PUT, Method::PATCH]), "/v1/studies/{id}"),
+            route("catchall", None, "/v1/*"),
+        ]);
+        let find = |m: Method, p: &str| table.find(&m, p).map(|r| r.name.clone());
+        assert_eq!(find(Method::GET, "/v1/studies/1").as_deref(), Some("read"));
+        assert_eq!(find(Method::PUT, "/v1/studies/1").as_deref(), Some("write"));
+        assert_eq!(find(Method::DELETE, "/v1/studies/1").as_deref(), Some("catchall"));
+        assert_eq!(find(Method::GET, "/v2/x"), None);
+    }
+}

@@ -1,0 +1,197 @@
+//! Every answer the gateway gives itself: `Reject` -> status, headers, JSON body. This is the
+//! only place that decides them (RFC 6750 §3 for bearer errors, RFC 6749 §5.2 body shape).
+
+use bytes::Bytes;
+use pingora::http::ResponseHeader;
+
+use crate::auth::AuthError;
+use crate::policy::MissingScopes;
+
+/// The realm in `WWW-Authenticate`.
+pub const REALM: &str = "wetrials";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reject {
+    /// No route matched: 404.
+    NoRoute,
+    /// The path could not be normalised: 400.
+    BadPath(&'static str),
+    /// Token problems: 400 / 401 (or 503 while keys are not loaded).
+    Auth(AuthError),
+    /// Valid token, scope missing: 403.
+    Scope(MissingScopes),
+    /// Over the limit: 429, `Retry-After` in seconds.
+    RateLimited { retry_after_secs: u64 },
+    /// The shared limiter is unreachable and the config says fail closed: 503.
+    LimiterUnavailable,
+    /// Body too large to look for `client_id`: 413.
+    BodyTooLarge(usize),
+    /// Body not parseable where it must be read: 400.
+    BadBody(&'static str),
+}
+
+impl Reject {
+    pub fn status(&self) -> u16 {
+        match self {
+            Reject::NoRoute => 404,
+            Reject::BadPath(_) | Reject::BadBody(_) => 400,
+            Reject::Auth(AuthError::InvalidRequest(_)) => 400,
+            Reject::Auth(AuthError::KeysUnavailable) => 503,
+            Reject::Auth(_) => 401,
+            Reject::Scope(_) => 403,
+            Reject::RateLimited { .. } => 429,
+            Reject::LimiterUnavailable => 503,
+            Reject::BodyTooLarge(_) => 413,
+        }
+    }
+
+    /// Bounded label for logs: what happened.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Reject::NoRoute => "no_route",
+            Reject::BadPath(_) => "bad_path",
+            Reject::Auth(e) => e.reason(),
+            Reject::Scope(_) => "insufficient_scope",
+            Reject::RateLimited { .. } => "rate_limited",
+            Reject::LimiterUnavailable => "limiter_unavailable",
+            Reject::BodyTooLarge(_) => "body_too_large",
+            Reject::BadBody(_) => "bad_body",
+        }
+    }
+
+    /// `(error, error_description)` of the JSON body.
+    pub fn error_pair(&self) -> (&'static str, String) {
+        match self {
+            Reject::NoRoute => ("not_found", "no route for this method and path".into()),
+            Reject::BadPath(d) => ("invalid_request", (*d).into()),
+            Reject::Auth(AuthError::MissingToken) => ("invalid_request", "missing bearer token".into()),
+            Reject::Auth(AuthError::InvalidRequest(d)) => ("invalid_request", (*d).into()),
+            Reject::Auth(AuthError::KeysUnavailable) => (
+                "temporarily_unavailable",
+                "signing keys of the token issuer are not loaded yet".into(),
+            ),
+            Reject::Auth(e) => ("invalid_token", e.to_string()),
+            Reject::Scope(m) => ("insufficient_scope", format!("token lacks a required scope: {}", m.0)),
+            Reject::RateLimited { retry_after_secs } => (
+                "rate_limit_exceeded",
+                format!("too many requests; retry after {retry_after_secs} s"),
+            ),
+            Reject::LimiterUnavailable => (
+                "temporarily_unavailable",
+                "rate limiter unavailable; try again shortly".into(),
+            ),
+            Reject::BodyTooLarge(max) => ("invalid_request", format!("request body larger than {max} bytes")),
+            Reject::BadBody(d) => ("invalid_request", (*d).into()),
+        }
+    }
+
+    /// `WWW-Authenticate` value, where one belongs.
+    pub fn www_authenticate(&self) -> Option<String> {
+        let quote = |s: &str| s.replace(['"', '\\'], "");
+        match self {
+            Reject::Auth(AuthError::MissingToken) => Some(format!("Bearer realm=\"{REALM}\"")),
+            Reject::Auth(AuthError::KeysUnavailable) => None,
+            Reject::Auth(e @ AuthError::InvalidRequest(_)) => Some(format!(
+                "Bearer realm=\"{REALM}\", error=\"invalid_request\", error_description=\"{}\"",
+                quote(&e.to_string())
+            )),
+            Reject::Auth(e) => Some(format!(
+                "Bearer realm=\"{REALM}\", error=\"invalid_token\", error_description=\"{}\"",
+                quote(&e.to_string())
+            )),
+            Reject::Scope(m) => Some(format!(
+                "Bearer realm=\"{REALM}\", error=\"insufficient_scope\", error_description=\"token lacks a required scope\", scope=\"{}\"",
+                quote(&m.0)
+            )),
+            _ => None,
+        }
+    }
+
+    /// JSON body bytes.
+    pub fn body(&self) -> Bytes {
+        let (error, description) = self.error_pair();
+        json_error(error, &description)
+    }
+
+    /// The whole response header (body length included).
+    pub fn response_header(&self, request_id: &str, body_len: usize) -> pingora::Result<ResponseHeader> {
+        let mut h = error_header(self.status(), request_id, body_len)?;
+        if let Some(v) = self.www_authenticate() {
+            h.insert_header(http::header::WWW_AUTHENTICATE, v)?;
+        }
+        match self {
+            Reject::RateLimited { retry_after_secs } => {
+                h.insert_header(http::header::RETRY_AFTER, retry_after_secs.to_string())?;
+            }
+            Reject::Auth(AuthError::KeysUnavailable) | Reject::LimiterUnavailable => {
+                h.insert_header(http::header::RETRY_AFTER, "1")?;
+            }
+            _ => {}
+        }
+        Ok(h)
+    }
+}
+
+/// `{"error": ..., "error_description": ...}`.
+pub fn json_error(error: &str, description: &str) -> Bytes {
+    let v = serde_json::json!({"error": error, "error_description": description});
+    Bytes::from(v.to_string())
+}
+
+/// Status, JSON content type, no caching, length, request id.
+pub fn error_header(status: u16, request_id: &str, body_len: usize) -> pingora::Result<ResponseHeader> {
+    let mut h = ResponseHeader::build(status, Some(6))?;
+    h.insert_header(http::header::CONTENT_TYPE, "application/json")?;
+    h.insert_header(http::header::CACHE_CONTROL, "no-store")?;
+    h.insert_header(http::header::CONTENT_LENGTH, body_len.to_string())?;
+    h.insert_header("x-request-id", request_id)?;
+    Ok(h)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_token_has_no_error_attribute() {
+        let r = Reject::Auth(AuthError::MissingToken);
+        assert_eq!(r.status(), 401);
+        assert_eq!(r.www_authenticate().unwrap(), "Bearer realm=\"wetrials\"");
+    }
+
+    #[test]
+    fn invalid_request_is_400_with_error() {
+        let r = Reject::Auth(AuthError::InvalidRequest("Authorization must use the Bearer scheme"));
+        assert_eq!(r.status(), 400);
+        assert!(r.www_authenticate().unwrap().contains("error=\"invalid_request\""));
+    }
+
+    #[test]
+    fn expired_is_401_invalid_token_with_description() {
+        let r = Reject::Auth(AuthError::Expired);
+        assert_eq!(r.status(), 401);
+        let w = r.www_authenticate().unwrap();
+        assert!(w.contains("error=\"invalid_token\""), "{w}");
+        assert!(w.contains("error_description=\"token expired\""), "{w}");
+        let body: serde_json::Value = serde_json::from_slice(&r.body()).unwrap();
+        assert_eq!(body["error"], "invalid_token");
+        assert_eq!(body["error_description"], "token expired");
+    }
+
+    #[test]
+    fn scope_is_403_with_scope_attribute() {
+        let r = Reject::Scope(MissingScopes("read:studies".into()));
+        assert_eq!(r.status(), 403);
+        assert!(r.www_authenticate().unwrap().contains("scope=\"read:studies\""));
+    }
+
+    #[test]
+    fn rate_limited_is_429_with_retry_after() {
+        let r = Reject::RateLimited { retry_after_secs: 7 };
+        let h = r.response_header("rid", 10).unwrap();
+        assert_eq!(h.status.as_u16(), 429);
+        assert_eq!(h.headers.get("retry-after").unwrap(), "7");
+        let body: serde_json::Value = serde_json::from_slice(&r.body()).unwrap();
+        assert_eq!(body["error"], "rate_limit_exceeded");
+    }
+}

@@ -1,0 +1,100 @@
+//! Hot reload: on SIGHUP or `POST /reload` the config file is re-read and validated; a valid
+//! file becomes a new snapshot (routes, scopes, limits, issuers, upstreams) swapped in
+//! atomically without touching connections, an invalid one is refused with its problems
+//! logged and the running config stays. Listener addresses, TLS and threads need a restart.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use parking_lot::Mutex;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+use tracing::{error, info, warn};
+
+use crate::admin::Metrics;
+use crate::state::{SharedState, Snapshot};
+
+pub struct Reloader {
+    path: PathBuf,
+    state: SharedState,
+    http: reqwest::Client,
+    metrics: Arc<Metrics>,
+    /// One reload at a time.
+    lock: Mutex<()>,
+}
+
+impl Reloader {
+    pub fn new(path: PathBuf, state: SharedState, http: reqwest::Client, metrics: Arc<Metrics>) -> Self {
+        Reloader {
+            path,
+            state,
+            http,
+            metrics,
+            lock: Mutex::new(()),
+        }
+    }
+
+    /// Re-read the file; `Err` lists every problem (the running config stays).
+    pub fn reload(&self) -> Result<(), Vec<String>> {
+        let _one = self.lock.lock();
+        let result = crate::config::load(&self.path)
+            .map_err(|e| e.problems())
+            .and_then(|cfg| {
+                let current = self.state.load_full();
+                if cfg.server != current.config.server || cfg.admin != current.config.admin {
+                    warn!("server/admin settings changed: listeners, TLS and threads take effect after a restart");
+                }
+                Snapshot::build(cfg, Some(&current), &self.http, &self.metrics).map_err(|e| vec![e.to_string()])
+            });
+        match result {
+            Ok(snap) => {
+                let routes = snap.routes.len();
+                self.state.store(Arc::new(snap));
+                self.metrics.config_reloads.with_label_values(&["ok"]).inc();
+                let unix = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+                self.metrics.config_last_reload_success.set(unix as i64);
+                info!(path = %self.path.display(), routes, "config reloaded");
+                Ok(())
+            }
+            Err(problems) => {
+                self.metrics.config_reloads.with_label_values(&["error"]).inc();
+                for p in &problems {
+                    error!(path = %self.path.display(), problem = %p, "config reload refused; keeping the running config");
+                }
+                Err(problems)
+            }
+        }
+    }
+}
+
+/// Waits for SIGHUP and reloads.
+pub struct SighupListener {
+    pub reloader: Arc<Reloader>,
+}
+
+#[async_trait]
+impl BackgroundService for SighupListener {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(s) => s,
+            Err(e) => {
+                error!(error = %e, "cannot listen for SIGHUP; use POST /reload on the admin listener");
+                return;
+            }
+        };
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                got = hup.recv() => {
+                    if got.is_none() { return; }
+                    info!("SIGHUP received; reloading config");
+                    let reloader = self.reloader.clone();
+                    // Building a snapshot is synchronous work; keep it off the async workers.
+                    let _ = tokio::task::spawn_blocking(move || reloader.reload()).await;
+                }
+            }
+        }
+    }
+}

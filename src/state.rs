@@ -1,0 +1,111 @@
+//! The runtime the request path reads: routes, authenticator, upstreams and limiter built
+//! from one validated config. A `Snapshot` is swapped atomically on reload; a request keeps
+//! the snapshot it started with. Issuers whose config did not change are carried over with
+//! their keys, and so is the limiter when its settings did not change.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+
+use crate::admin::Metrics;
+use crate::auth::{Authenticator, Issuer};
+use crate::config::{GatewayConfig, RateLimitBackendSetting, RateLimitSettings};
+use crate::policy::{Route, RouteTable};
+use crate::proxy::Upstream;
+use crate::ratelimit::{Backend, OnBackendError, RateLimitError, RateLimiter, RateLimiterConfig};
+
+/// Entries of the verified-token cache.
+pub const TOKEN_CACHE_CAPACITY: u64 = 200_000;
+
+pub struct Snapshot {
+    pub config: GatewayConfig,
+    pub routes: RouteTable,
+    pub auth: Authenticator,
+    pub upstreams: Vec<Arc<Upstream>>,
+    pub limiter: Arc<RateLimiter>,
+}
+
+pub type SharedState = Arc<ArcSwap<Snapshot>>;
+
+impl Snapshot {
+    /// Build from a validated config, reusing what `previous` has for unchanged parts.
+    pub fn build(
+        config: GatewayConfig,
+        previous: Option<&Snapshot>,
+        http: &reqwest::Client,
+        metrics: &Arc<Metrics>,
+    ) -> Result<Snapshot, RateLimitError> {
+        let mut old_issuers: HashMap<&str, &Arc<Issuer>> = HashMap::new();
+        if let Some(prev) = previous {
+            for i in prev.auth.issuers() {
+                old_issuers.insert(i.name(), i);
+            }
+        }
+        let issuers: Vec<Arc<Issuer>> = config
+            .issuers
+            .iter()
+            .map(|cfg| match old_issuers.get(cfg.name.as_str()) {
+                Some(old) if old.cfg == *cfg => Arc::clone(old),
+                _ => Arc::new(Issuer::new(cfg.clone(), http.clone(), metrics.clone())),
+            })
+            .collect();
+        let auth = Authenticator::new(issuers, TOKEN_CACHE_CAPACITY, metrics.clone());
+
+        let upstreams: Vec<Arc<Upstream>> = config.upstreams.iter().map(|u| Arc::new(Upstream::new(u))).collect();
+        let index: HashMap<&str, usize> = config
+            .upstreams
+            .iter()
+            .enumerate()
+            .map(|(i, u)| (u.name.as_str(), i))
+            .collect();
+        let routes = RouteTable::new(
+            config
+                .routes
+                .iter()
+                .map(|r| Route::from_config(r, index.get(r.upstream.as_str()).copied().unwrap_or(0)))
+                .collect(),
+        );
+
+        let limiter = match previous {
+            Some(prev) if prev.config.rate_limit == config.rate_limit => prev.limiter.clone(),
+            _ => Arc::new(RateLimiter::new(limiter_config(&config.rate_limit), metrics.ratelimit.clone())?),
+        };
+        Ok(Snapshot {
+            config,
+            routes,
+            auth,
+            upstreams,
+            limiter,
+        })
+    }
+
+    pub fn ready(&self) -> bool {
+        self.auth.ready()
+    }
+}
+
+pub fn limiter_config(s: &RateLimitSettings) -> RateLimiterConfig {
+    RateLimiterConfig {
+        backend: match &s.backend {
+            RateLimitBackendSetting::Memory => Backend::Memory,
+            RateLimitBackendSetting::Redis {
+                url,
+                pool_size,
+                timeout,
+                key_prefix,
+            } => Backend::Redis {
+                url: url.clone(),
+                pool_size: *pool_size,
+                timeout: *timeout,
+                key_prefix: key_prefix.clone(),
+            },
+        },
+        on_backend_error: if s.fail_open {
+            OnBackendError::FailOpen
+        } else {
+            OnBackendError::FailClosed
+        },
+        memory_max_keys: s.memory_max_keys,
+    }
+}
