@@ -6,7 +6,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "wetrials-gateway", version, about = "JWT-validating, scope-enforcing, rate-limiting reverse proxy for the WeTrials API")]
+#[command(
+    name = "wetrials-gateway",
+    version,
+    about = "JWT-validating, scope-enforcing, rate-limiting reverse proxy for the WeTrials API"
+)]
 struct Cli {
     /// Config file to serve.
     #[arg(long, short = 'c', value_name = "FILE")]
@@ -58,7 +62,10 @@ fn main() -> ExitCode {
                 ExitCode::from(1)
             }
         },
-        Some(Command::Demo { listen, admin_listen }) => {
+        Some(Command::Demo {
+            listen,
+            admin_listen,
+        }) => {
             wetrials_gateway::telemetry::init(&wetrials_gateway::config::LoggingSettings {
                 format: wetrials_gateway::config::LogFormat::Text,
                 level: "warn".into(),

@@ -26,7 +26,12 @@ pub struct Reloader {
 }
 
 impl Reloader {
-    pub fn new(path: PathBuf, state: SharedState, http: reqwest::Client, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        path: PathBuf,
+        state: SharedState,
+        http: reqwest::Client,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         Reloader {
             path,
             state,
@@ -53,13 +58,19 @@ impl Reloader {
                 let routes = snap.routes.len();
                 self.state.store(Arc::new(snap));
                 self.metrics.config_reloads.with_label_values(&["ok"]).inc();
-                let unix = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+                let unix = SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map(|d| d.as_secs())
+                    .unwrap_or(0);
                 self.metrics.config_last_reload_success.set(unix as i64);
                 info!(path = %self.path.display(), routes, "config reloaded");
                 Ok(())
             }
             Err(problems) => {
-                self.metrics.config_reloads.with_label_values(&["error"]).inc();
+                self.metrics
+                    .config_reloads
+                    .with_label_values(&["error"])
+                    .inc();
                 for p in &problems {
                     error!(path = %self.path.display(), problem = %p, "config reload refused; keeping the running config");
                 }

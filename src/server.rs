@@ -42,11 +42,19 @@ pub struct Built {
 
 /// Build the server. `config_path` enables reloads (SIGHUP, `POST /reload`); `upgrade`
 /// takes the listeners over from a running instance (pingora zero-downtime upgrade).
-pub fn build(cfg: GatewayConfig, config_path: Option<PathBuf>, upgrade: bool) -> Result<Server, BuildError> {
+pub fn build(
+    cfg: GatewayConfig,
+    config_path: Option<PathBuf>,
+    upgrade: bool,
+) -> Result<Server, BuildError> {
     Ok(build_parts(cfg, config_path, upgrade)?.server)
 }
 
-pub fn build_parts(cfg: GatewayConfig, config_path: Option<PathBuf>, upgrade: bool) -> Result<Built, BuildError> {
+pub fn build_parts(
+    cfg: GatewayConfig,
+    config_path: Option<PathBuf>,
+    upgrade: bool,
+) -> Result<Built, BuildError> {
     let metrics = Arc::new(Metrics::new()?);
     let http = reqwest::Client::builder()
         .user_agent(concat!("wetrials-gateway/", env!("CARGO_PKG_VERSION")))
@@ -81,7 +89,8 @@ pub fn build_parts(cfg: GatewayConfig, config_path: Option<PathBuf>, upgrade: bo
     let state: SharedState = Arc::new(ArcSwap::from_pointee(snapshot));
 
     let gateway = Gateway::new(state.clone(), metrics.clone(), access_log, tls.is_some());
-    let mut proxy = http_proxy_service_with_name(&server.configuration, gateway, "wetrials-gateway");
+    let mut proxy =
+        http_proxy_service_with_name(&server.configuration, gateway, "wetrials-gateway");
     if let Some(app) = proxy.app_logic_mut() {
         let mut opts = HttpServerOptions::default();
         opts.h2c = h2c;
@@ -89,8 +98,9 @@ pub fn build_parts(cfg: GatewayConfig, config_path: Option<PathBuf>, upgrade: bo
     }
     match &tls {
         Some((cert, key)) => {
-            let mut settings = TlsSettings::intermediate(&cert.to_string_lossy(), &key.to_string_lossy())
-                .map_err(|e| BuildError::Tls(e.to_string()))?;
+            let mut settings =
+                TlsSettings::intermediate(&cert.to_string_lossy(), &key.to_string_lossy())
+                    .map_err(|e| BuildError::Tls(e.to_string()))?;
             settings.enable_h2();
             proxy.add_tls_with_settings(&listen, None, settings);
         }
@@ -98,7 +108,14 @@ pub fn build_parts(cfg: GatewayConfig, config_path: Option<PathBuf>, upgrade: bo
     }
     proxy.threads = Some(threads);
 
-    let reloader = config_path.map(|p| Arc::new(Reloader::new(p, state.clone(), http.clone(), metrics.clone())));
+    let reloader = config_path.map(|p| {
+        Arc::new(Reloader::new(
+            p,
+            state.clone(),
+            http.clone(),
+            metrics.clone(),
+        ))
+    });
     let mut admin = Service::new(
         "wetrials-gateway admin".to_string(),
         AdminApp::new(state.clone(), metrics.clone(), reloader.clone()),
@@ -108,43 +125,59 @@ pub fn build_parts(cfg: GatewayConfig, config_path: Option<PathBuf>, upgrade: bo
 
     server.add_service(proxy);
     server.add_service(admin);
-    server.add_service(background_service("jwks refresher", JwksRefresher::new(state.clone())));
+    server.add_service(background_service(
+        "jwks refresher",
+        JwksRefresher::new(state.clone()),
+    ));
     if let Some(r) = reloader {
-        server.add_service(background_service("sighup reloader", SighupListener { reloader: r }));
+        server.add_service(background_service(
+            "sighup reloader",
+            SighupListener { reloader: r },
+        ));
     }
-    drain_then_exit(&server, metrics.clone(), Duration::from_secs(server.configuration.grace_period_seconds.unwrap_or(30)));
+    drain_then_exit(
+        &server,
+        metrics.clone(),
+        Duration::from_secs(server.configuration.grace_period_seconds.unwrap_or(30)),
+    );
     let unix = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0);
     metrics.config_last_reload_success.set(unix as i64);
-    Ok(Built { server, state, metrics })
+    Ok(Built {
+        server,
+        state,
+        metrics,
+    })
 }
 
 /// pingora sleeps the whole grace period after SIGTERM; we exit as soon as no request is
 /// in flight (in-flight requests still get up to the grace period).
 fn drain_then_exit(server: &Server, metrics: Arc<Metrics>, grace: Duration) {
     let mut phases = server.watch_execution_phase();
-    let spawned = std::thread::Builder::new().name("drain-watch".into()).spawn(move || loop {
-        match phases.blocking_recv() {
-            Ok(ExecutionPhase::ShutdownGracePeriod) => {
-                let start = std::time::Instant::now();
-                // Let listeners close and requests accepted just before the signal register.
-                std::thread::sleep(Duration::from_millis(200));
-                while start.elapsed() < grace {
-                    if metrics.in_flight.get() <= 0 {
-                        tracing::info!("drained; exiting");
-                        std::process::exit(0);
+    let spawned = std::thread::Builder::new()
+        .name("drain-watch".into())
+        .spawn(move || loop {
+            match phases.blocking_recv() {
+                Ok(ExecutionPhase::ShutdownGracePeriod) => {
+                    let start = std::time::Instant::now();
+                    // Let listeners close and requests accepted just before the signal register.
+                    std::thread::sleep(Duration::from_millis(200));
+                    while start.elapsed() < grace {
+                        if metrics.in_flight.get() <= 0 {
+                            tracing::info!("drained; exiting");
+                            std::process::exit(0);
+                        }
+                        std::thread::sleep(Duration::from_millis(50));
                     }
-                    std::thread::sleep(Duration::from_millis(50));
+                    return;
                 }
-                return;
+                Ok(_) => continue,
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(_) => return,
             }
-            Ok(_) => continue,
-            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
-            Err(_) => return,
-        }
-    });
+        });
     if let Err(e) = spawned {
         tracing::warn!(error = %e, "cannot start the drain watcher; shutdown waits the whole grace period");
     }

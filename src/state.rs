@@ -52,7 +52,11 @@ impl Snapshot {
             .collect();
         let auth = Authenticator::new(issuers, TOKEN_CACHE_CAPACITY, metrics.clone());
 
-        let upstreams: Vec<Arc<Upstream>> = config.upstreams.iter().map(|u| Arc::new(Upstream::new(u))).collect();
+        let upstreams: Vec<Arc<Upstream>> = config
+            .upstreams
+            .iter()
+            .map(|u| Arc::new(Upstream::new(u)))
+            .collect();
         let index: HashMap<&str, usize> = config
             .upstreams
             .iter()
@@ -63,13 +67,18 @@ impl Snapshot {
             config
                 .routes
                 .iter()
-                .map(|r| Route::from_config(r, index.get(r.upstream.as_str()).copied().unwrap_or(0)))
+                .map(|r| {
+                    Route::from_config(r, index.get(r.upstream.as_str()).copied().unwrap_or(0))
+                })
                 .collect(),
         );
 
         let limiter = match previous {
             Some(prev) if prev.config.rate_limit == config.rate_limit => prev.limiter.clone(),
-            _ => Arc::new(RateLimiter::new(limiter_config(&config.rate_limit), metrics.ratelimit.clone())?),
+            _ => Arc::new(RateLimiter::new(
+                limiter_config(&config.rate_limit),
+                metrics.ratelimit.clone(),
+            )?),
         };
         Ok(Snapshot {
             config,

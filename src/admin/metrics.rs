@@ -34,7 +34,8 @@ pub struct Metrics {
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
-    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0, 30.0,
 ];
 
 impl Metrics {
@@ -43,60 +44,96 @@ impl Metrics {
         let reg = |c: Box<dyn prometheus::core::Collector>| registry.register(c);
 
         let requests = IntCounterVec::new(
-            Opts::new("gateway_requests_total", "Requests answered, by route, method and status"),
+            Opts::new(
+                "gateway_requests_total",
+                "Requests answered, by route, method and status",
+            ),
             &["route", "method", "status"],
         )?;
         reg(Box::new(requests.clone()))?;
         let request_duration = HistogramVec::new(
-            HistogramOpts::new("gateway_request_duration_seconds", "Time from request to the end of the response, by route")
-                .buckets(LATENCY_BUCKETS.to_vec()),
+            HistogramOpts::new(
+                "gateway_request_duration_seconds",
+                "Time from request to the end of the response, by route",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
             &["route"],
         )?;
         reg(Box::new(request_duration.clone()))?;
         let upstream_duration = HistogramVec::new(
-            HistogramOpts::new("gateway_upstream_duration_seconds", "Time from choosing a peer to its response header, by upstream")
-                .buckets(LATENCY_BUCKETS.to_vec()),
+            HistogramOpts::new(
+                "gateway_upstream_duration_seconds",
+                "Time from choosing a peer to its response header, by upstream",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
             &["upstream"],
         )?;
         reg(Box::new(upstream_duration.clone()))?;
         let upstream_errors = IntCounterVec::new(
-            Opts::new("gateway_upstream_errors_total", "Upstream failures by upstream and kind (connect, timeout, reset, other)"),
+            Opts::new(
+                "gateway_upstream_errors_total",
+                "Upstream failures by upstream and kind (connect, timeout, reset, other)",
+            ),
             &["upstream", "kind"],
         )?;
         reg(Box::new(upstream_errors.clone()))?;
         let auth_decisions = IntCounterVec::new(
-            Opts::new("gateway_auth_decisions_total", "Authentication and scope decisions by issuer and result"),
+            Opts::new(
+                "gateway_auth_decisions_total",
+                "Authentication and scope decisions by issuer and result",
+            ),
             &["issuer", "result"],
         )?;
         reg(Box::new(auth_decisions.clone()))?;
         let jwks_fetches = IntCounterVec::new(
-            Opts::new("gateway_jwks_fetches_total", "JWKS fetches by issuer and result (ok, error)"),
+            Opts::new(
+                "gateway_jwks_fetches_total",
+                "JWKS fetches by issuer and result (ok, error)",
+            ),
             &["issuer", "result"],
         )?;
         reg(Box::new(jwks_fetches.clone()))?;
-        let jwks_keys = IntGaugeVec::new(Opts::new("gateway_jwks_keys", "Usable signing keys held, by issuer"), &["issuer"])?;
+        let jwks_keys = IntGaugeVec::new(
+            Opts::new("gateway_jwks_keys", "Usable signing keys held, by issuer"),
+            &["issuer"],
+        )?;
         reg(Box::new(jwks_keys.clone()))?;
         let jwks_last_success = IntGaugeVec::new(
-            Opts::new("gateway_jwks_last_success_timestamp_seconds", "Unix time of the last good JWKS fetch, by issuer"),
+            Opts::new(
+                "gateway_jwks_last_success_timestamp_seconds",
+                "Unix time of the last good JWKS fetch, by issuer",
+            ),
             &["issuer"],
         )?;
         reg(Box::new(jwks_last_success.clone()))?;
         let token_cache = IntCounterVec::new(
-            Opts::new("gateway_token_cache_requests_total", "Verified-token cache lookups (hit, miss)"),
+            Opts::new(
+                "gateway_token_cache_requests_total",
+                "Verified-token cache lookups (hit, miss)",
+            ),
             &["result"],
         )?;
         reg(Box::new(token_cache.clone()))?;
         let token_cache_hit = token_cache.with_label_values(&["hit"]);
         let token_cache_miss = token_cache.with_label_values(&["miss"]);
-        let token_cache_entries = IntGauge::new("gateway_token_cache_entries", "Verified tokens held in the cache")?;
+        let token_cache_entries = IntGauge::new(
+            "gateway_token_cache_entries",
+            "Verified tokens held in the cache",
+        )?;
         reg(Box::new(token_cache_entries.clone()))?;
         let ratelimit_decisions = IntCounterVec::new(
-            Opts::new("gateway_ratelimit_decisions_total", "Rate-limit decisions by route and result (allowed, limited, error)"),
+            Opts::new(
+                "gateway_ratelimit_decisions_total",
+                "Rate-limit decisions by route and result (allowed, limited, error)",
+            ),
             &["route", "result"],
         )?;
         reg(Box::new(ratelimit_decisions.clone()))?;
         let config_reloads = IntCounterVec::new(
-            Opts::new("gateway_config_reloads_total", "Config reloads by result (ok, error)"),
+            Opts::new(
+                "gateway_config_reloads_total",
+                "Config reloads by result (ok, error)",
+            ),
             &["result"],
         )?;
         reg(Box::new(config_reloads.clone()))?;
@@ -108,11 +145,19 @@ impl Metrics {
             "Unix time the running config was loaded",
         )?;
         reg(Box::new(config_last_reload_success.clone()))?;
-        let ready = IntGauge::new("gateway_ready", "1 once every issuer has keys and the gateway serves")?;
+        let ready = IntGauge::new(
+            "gateway_ready",
+            "1 once every issuer has keys and the gateway serves",
+        )?;
         reg(Box::new(ready.clone()))?;
-        let build_info = IntGaugeVec::new(Opts::new("gateway_build_info", "Build information"), &["version"])?;
+        let build_info = IntGaugeVec::new(
+            Opts::new("gateway_build_info", "Build information"),
+            &["version"],
+        )?;
         reg(Box::new(build_info.clone()))?;
-        build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
         let in_flight = IntGauge::new("gateway_requests_in_flight", "Requests being handled")?;
         reg(Box::new(in_flight.clone()))?;
         let ratelimit = std::sync::Arc::new(RateLimitMetrics::new(&registry)?);
@@ -168,11 +213,15 @@ impl Metrics {
             .inc();
         if ok {
             self.jwks_keys.with_label_values(&[issuer]).set(keys as i64);
-            self.jwks_last_success.with_label_values(&[issuer]).set(unix as i64);
+            self.jwks_last_success
+                .with_label_values(&[issuer])
+                .set(unix as i64);
         }
     }
 
     pub fn auth(&self, issuer: &str, result: &str) {
-        self.auth_decisions.with_label_values(&[issuer, result]).inc();
+        self.auth_decisions
+            .with_label_values(&[issuer, result])
+            .inc();
     }
 }

@@ -41,8 +41,10 @@ fn respond(status: StatusCode, content_type: &str, body: Vec<u8>) -> Response<Ve
     if let Ok(v) = http::HeaderValue::from_str(&r.body().len().to_string()) {
         r.headers_mut().insert(http::header::CONTENT_LENGTH, v);
     }
-    r.headers_mut()
-        .insert(http::header::CACHE_CONTROL, http::HeaderValue::from_static("no-store"));
+    r.headers_mut().insert(
+        http::header::CACHE_CONTROL,
+        http::HeaderValue::from_static("no-store"),
+    );
     r
 }
 
@@ -56,7 +58,9 @@ impl ServeHttp for AdminApp {
         let method = session.req_header().method.clone();
         let path = session.req_header().uri.path().to_string();
         match (method, path.as_str()) {
-            (Method::GET | Method::HEAD, "/healthz") => json(StatusCode::OK, serde_json::json!({"status": "ok"})),
+            (Method::GET | Method::HEAD, "/healthz") => {
+                json(StatusCode::OK, serde_json::json!({"status": "ok"}))
+            }
             (Method::GET | Method::HEAD, "/readyz") => {
                 let snap = self.state.load();
                 let issuers: serde_json::Map<String, serde_json::Value> = snap
@@ -72,7 +76,11 @@ impl ServeHttp for AdminApp {
                     .collect();
                 let ready = snap.ready();
                 self.metrics.ready.set(i64::from(ready));
-                let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+                let status = if ready {
+                    StatusCode::OK
+                } else {
+                    StatusCode::SERVICE_UNAVAILABLE
+                };
                 json(
                     status,
                     serde_json::json!({"status": if ready { "ready" } else { "not_ready" }, "issuers": issuers}),
@@ -81,8 +89,14 @@ impl ServeHttp for AdminApp {
             (Method::GET, "/metrics") => {
                 let snap = self.state.load();
                 self.metrics.ready.set(i64::from(snap.ready()));
-                self.metrics.token_cache_entries.set(snap.auth.cached_tokens() as i64);
-                respond(StatusCode::OK, "text/plain; version=0.0.4", self.metrics.render())
+                self.metrics
+                    .token_cache_entries
+                    .set(snap.auth.cached_tokens() as i64);
+                respond(
+                    StatusCode::OK,
+                    "text/plain; version=0.0.4",
+                    self.metrics.render(),
+                )
             }
             (Method::POST, "/reload") => match &self.reloader {
                 None => json(

@@ -17,9 +17,9 @@ impl std::fmt::Debug for BearerToken<'_> {
 fn is_b64token(t: &str) -> bool {
     let body = t.trim_end_matches('=');
     !body.is_empty()
-        && body
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'+' | b'/'))
+        && body.bytes().all(|b| {
+            b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'+' | b'/')
+        })
 }
 
 /// Parse the `Authorization` header values of a request.
@@ -35,7 +35,9 @@ pub fn from_authorization<'a>(
         return Err(AuthError::MissingToken);
     };
     if values.next().is_some() {
-        return Err(AuthError::InvalidRequest("more than one Authorization header"));
+        return Err(AuthError::InvalidRequest(
+            "more than one Authorization header",
+        ));
     }
     if first.len() > max_len {
         return Err(AuthError::InvalidRequest("Authorization header too large"));
@@ -48,14 +50,18 @@ pub fn from_authorization<'a>(
         None => (value, ""),
     };
     if !scheme.eq_ignore_ascii_case("bearer") {
-        return Err(AuthError::InvalidRequest("Authorization must use the Bearer scheme"));
+        return Err(AuthError::InvalidRequest(
+            "Authorization must use the Bearer scheme",
+        ));
     }
     let token = rest.trim_start_matches(' ');
     if token.is_empty() {
         return Err(AuthError::InvalidRequest("Bearer token is empty"));
     }
     if !is_b64token(token) {
-        return Err(AuthError::InvalidRequest("Bearer token has invalid characters"));
+        return Err(AuthError::InvalidRequest(
+            "Bearer token has invalid characters",
+        ));
     }
     Ok(BearerToken(token))
 }
@@ -103,7 +109,10 @@ mod tests {
             vec!["Bearer a.b.c", "Bearer a.b.c"],
             vec![""],
         ] {
-            assert!(matches!(parse(&bad), Err(AuthError::InvalidRequest(_))), "{bad:?}");
+            assert!(
+                matches!(parse(&bad), Err(AuthError::InvalidRequest(_))),
+                "{bad:?}"
+            );
         }
     }
 
@@ -115,6 +124,9 @@ mod tests {
 
     #[test]
     fn bearer_token_debug_hides_the_token() {
-        assert_eq!(format!("{:?}", BearerToken("secret.token.value")), "BearerToken(..)");
+        assert_eq!(
+            format!("{:?}", BearerToken("secret.token.value")),
+            "BearerToken(..)"
+        );
     }
 }

@@ -220,9 +220,9 @@ impl Issuer {
         // Same keys (same kid and same material) keep the generation: cached verifications
         // stay valid across a routine refresh.
         let removed_or_changed = old.keys.iter().any(|o| {
-            !keys
-                .iter()
-                .any(|n| n.kid == o.kid && n.kind == o.kind && n.alg == o.alg && same_key(&n.key, &o.key))
+            !keys.iter().any(|n| {
+                n.kid == o.kid && n.kind == o.kind && n.alg == o.alg && same_key(&n.key, &o.key)
+            })
         });
         let generation = if removed_or_changed {
             old.generation + 1
@@ -292,7 +292,10 @@ impl Issuer {
         if !resp.status().is_success() {
             return Err(JwksError::Status(resp.status().as_u16()));
         }
-        if resp.content_length().is_some_and(|l| l as usize > MAX_DOCUMENT_BYTES) {
+        if resp
+            .content_length()
+            .is_some_and(|l| l as usize > MAX_DOCUMENT_BYTES)
+        {
             return Err(JwksError::TooLarge);
         }
         let max_age = resp
@@ -336,7 +339,12 @@ pub fn parse_max_age(v: &str) -> Option<Duration> {
         }
         if let Some((k, val)) = part.split_once('=') {
             if k.trim().eq_ignore_ascii_case("max-age") {
-                max_age = val.trim().trim_matches('"').parse::<u64>().ok().map(Duration::from_secs);
+                max_age = val
+                    .trim()
+                    .trim_matches('"')
+                    .parse::<u64>()
+                    .ok()
+                    .map(Duration::from_secs);
             }
         }
     }
@@ -411,7 +419,10 @@ fn parse_jwk(jwk: &Value) -> Result<VerifyKey, String> {
             let bits = b64(n).ok_or("n is not base64url")?;
             let significant = bits.iter().skip_while(|b| **b == 0).count();
             if significant < 256 {
-                return Err(format!("RSA modulus of {} bits is below 2048", significant * 8));
+                return Err(format!(
+                    "RSA modulus of {} bits is below 2048",
+                    significant * 8
+                ));
             }
             b64(e).ok_or("e is not base64url")?;
             let key = DecodingKey::from_rsa_components(n, e).map_err(|e| e.to_string())?;
@@ -453,7 +464,12 @@ fn parse_jwk(jwk: &Value) -> Result<VerifyKey, String> {
             return Err(format!("alg {a:?} does not fit a {kind:?} key"));
         }
     }
-    Ok(VerifyKey { kid, kind, alg, key })
+    Ok(VerifyKey {
+        kid,
+        kind,
+        alg,
+        key,
+    })
 }
 
 #[cfg(test)]
@@ -477,7 +493,10 @@ mod tests {
         assert_eq!(keys.len(), 1);
         assert_eq!(keys[0].kid.as_deref(), Some("r1"));
         assert!(keys[0].accepts(Algorithm::RS256));
-        assert!(!keys[0].accepts(Algorithm::PS256), "JWK alg pins the algorithm");
+        assert!(
+            !keys[0].accepts(Algorithm::PS256),
+            "JWK alg pins the algorithm"
+        );
         assert_eq!(skipped.len(), 6, "{skipped:?}");
     }
 
@@ -489,7 +508,10 @@ mod tests {
 
     #[test]
     fn max_age_is_read_from_cache_control() {
-        assert_eq!(parse_max_age("public, max-age=600"), Some(Duration::from_secs(600)));
+        assert_eq!(
+            parse_max_age("public, max-age=600"),
+            Some(Duration::from_secs(600))
+        );
         assert_eq!(parse_max_age("max-age=60, no-store"), None);
         assert_eq!(parse_max_age("private"), None);
     }

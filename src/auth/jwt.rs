@@ -54,7 +54,11 @@ impl Claims {
     pub fn scopes(&self) -> Vec<String> {
         let from = |c: &ScopeClaim| -> Vec<String> {
             match c {
-                ScopeClaim::Text(s) => s.split(' ').filter(|s| !s.is_empty()).map(str::to_string).collect(),
+                ScopeClaim::Text(s) => s
+                    .split(' ')
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_string)
+                    .collect(),
                 ScopeClaim::List(v) => v
                     .iter()
                     .flat_map(|s| s.split(' '))
@@ -79,7 +83,10 @@ pub struct Unverified<'a> {
     pub iss: Option<String>,
 }
 
-fn b64_json(segment: &str, what: &'static str) -> Result<serde_json::Map<String, Value>, AuthError> {
+fn b64_json(
+    segment: &str,
+    what: &'static str,
+) -> Result<serde_json::Map<String, Value>, AuthError> {
     let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(segment)
         .map_err(|_| AuthError::Malformed(what))?;
@@ -92,8 +99,12 @@ fn b64_json(segment: &str, what: &'static str) -> Result<serde_json::Map<String,
 /// Split the compact serialisation and check the header.
 pub fn parse(token: &str) -> Result<Unverified<'_>, AuthError> {
     let mut parts = token.split('.');
-    let (Some(h), Some(p), Some(s), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
-        return Err(AuthError::Malformed("token is not a JWS in compact form (three segments)"));
+    let (Some(h), Some(p), Some(s), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(AuthError::Malformed(
+            "token is not a JWS in compact form (three segments)",
+        ));
     };
     if h.is_empty() || p.is_empty() {
         return Err(AuthError::Malformed("token has an empty segment"));
@@ -101,7 +112,10 @@ pub fn parse(token: &str) -> Result<Unverified<'_>, AuthError> {
     if s.is_empty() {
         return Err(AuthError::AlgNotAllowed("unsigned tokens are not accepted"));
     }
-    if base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(s).is_err() {
+    if base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(s)
+        .is_err()
+    {
         return Err(AuthError::Malformed("signature is not base64url"));
     }
     let header = b64_json(h, "token header is not base64url-encoded JSON")?;
@@ -109,15 +123,21 @@ pub fn parse(token: &str) -> Result<Unverified<'_>, AuthError> {
 
     for embedded in ["jwk", "jku", "x5u", "x5c"] {
         if header.contains_key(embedded) {
-            return Err(AuthError::RejectedHeader("keys or key URLs carried in the token are not accepted"));
+            return Err(AuthError::RejectedHeader(
+                "keys or key URLs carried in the token are not accepted",
+            ));
         }
     }
     if header.contains_key("crit") {
         // We understand no JWS extensions, so any `crit` names one we do not (RFC 7515 §4.1.11).
-        return Err(AuthError::RejectedHeader("unsupported critical header extension"));
+        return Err(AuthError::RejectedHeader(
+            "unsupported critical header extension",
+        ));
     }
     if header.contains_key("enc") || header.contains_key("zip") {
-        return Err(AuthError::Malformed("encrypted tokens (JWE) are not accepted"));
+        return Err(AuthError::Malformed(
+            "encrypted tokens (JWE) are not accepted",
+        ));
     }
     if let Some(typ) = header.get("typ") {
         let ok = typ.as_str().is_some_and(|t| {
@@ -173,7 +193,8 @@ pub fn algorithm_named(alg: &str) -> Option<Algorithm> {
 
 /// The algorithm to verify with: the header's, only if the issuer allows it.
 pub fn allowed_algorithm(issuer: &Issuer, header: &JoseHeader) -> Result<Algorithm, AuthError> {
-    let alg = algorithm_named(&header.alg).ok_or(AuthError::AlgNotAllowed("algorithm not allowed"))?;
+    let alg =
+        algorithm_named(&header.alg).ok_or(AuthError::AlgNotAllowed("algorithm not allowed"))?;
     if !issuer.cfg.algorithms.contains(&alg) {
         return Err(AuthError::AlgNotAllowed("algorithm not allowed"));
     }
@@ -204,7 +225,9 @@ pub fn verify_with(
     let data = jsonwebtoken::decode::<Claims>(token.token, &key.key, &v).map_err(map_error)?;
     let claims = data.claims;
     if let Some(iat) = &claims.iat {
-        let iat = iat.as_f64().ok_or(AuthError::InvalidClaims("iat is not a number"))?;
+        let iat = iat
+            .as_f64()
+            .ok_or(AuthError::InvalidClaims("iat is not a number"))?;
         if iat > (now_secs() + issuer.cfg.leeway.as_secs()) as f64 {
             return Err(AuthError::NotYetValid("token issued in the future"));
         }
@@ -225,12 +248,16 @@ fn map_error(e: jsonwebtoken::errors::Error) -> AuthError {
             "iss" => AuthError::WrongIssuer,
             _ => AuthError::InvalidClaims("a required claim is missing"),
         },
-        ErrorKind::InvalidClaimFormat(_) => AuthError::InvalidClaims("a registered claim has the wrong type"),
-        ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName | ErrorKind::MissingAlgorithm => {
-            AuthError::AlgNotAllowed("algorithm not allowed")
+        ErrorKind::InvalidClaimFormat(_) => {
+            AuthError::InvalidClaims("a registered claim has the wrong type")
         }
+        ErrorKind::InvalidAlgorithm
+        | ErrorKind::InvalidAlgorithmName
+        | ErrorKind::MissingAlgorithm => AuthError::AlgNotAllowed("algorithm not allowed"),
         ErrorKind::Json(_) => AuthError::InvalidClaims("claims have the wrong types"),
-        ErrorKind::Base64(_) | ErrorKind::Utf8(_) => AuthError::Malformed("token is not valid base64url JSON"),
+        ErrorKind::Base64(_) | ErrorKind::Utf8(_) => {
+            AuthError::Malformed("token is not valid base64url JSON")
+        }
         _ => AuthError::BadSignature,
     }
 }
@@ -261,7 +288,15 @@ mod tests {
 
     #[test]
     fn parse_structural_garbage_is_malformed() {
-        for bad in ["abc", "a.b", "a.b.c.d", "a.b.c.d.e", "!!.??.c2ln", "e30.e30.***", "bnVsbA.e30.c2ln"] {
+        for bad in [
+            "abc",
+            "a.b",
+            "a.b.c.d",
+            "a.b.c.d.e",
+            "!!.??.c2ln",
+            "e30.e30.***",
+            "bnVsbA.e30.c2ln",
+        ] {
             assert!(
                 matches!(parse(bad), Err(AuthError::Malformed(_))),
                 "{bad}: {:?}",
@@ -272,7 +307,11 @@ mod tests {
 
     #[test]
     fn parse_alg_none_is_refused() {
-        let t = format!("{}.{}.", enc(&serde_json::json!({"alg": "none"})), enc(&serde_json::json!({})));
+        let t = format!(
+            "{}.{}.",
+            enc(&serde_json::json!({"alg": "none"})),
+            enc(&serde_json::json!({}))
+        );
         assert!(matches!(parse(&t), Err(AuthError::AlgNotAllowed(_))));
         let t = token(serde_json::json!({"alg": "nOnE"}), serde_json::json!({}));
         assert!(matches!(parse(&t), Err(AuthError::AlgNotAllowed(_))));
@@ -289,7 +328,10 @@ mod tests {
             serde_json::json!({"alg": "RS256", "typ": "JOSE+JSON"}),
         ] {
             let t = token(h.clone(), serde_json::json!({}));
-            assert!(matches!(parse(&t), Err(AuthError::RejectedHeader(_))), "{h}");
+            assert!(
+                matches!(parse(&t), Err(AuthError::RejectedHeader(_))),
+                "{h}"
+            );
         }
     }
 

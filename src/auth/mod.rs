@@ -100,7 +100,12 @@ struct Cached {
 struct ExpireAtExp;
 
 impl moka::Expiry<[u8; 32], Arc<Cached>> for ExpireAtExp {
-    fn expire_after_create(&self, _k: &[u8; 32], v: &Arc<Cached>, now: Instant) -> Option<Duration> {
+    fn expire_after_create(
+        &self,
+        _k: &[u8; 32],
+        v: &Arc<Cached>,
+        now: Instant,
+    ) -> Option<Duration> {
         Some(v.expires.saturating_duration_since(now))
     }
 }
@@ -151,7 +156,11 @@ impl Authenticator {
         let now = jwt::now_secs();
         if let Some(hit) = self.cache.get(&digest) {
             let issuer = &self.issuers[hit.principal.issuer_index];
-            let fresh = now <= hit.principal.exp.saturating_add(issuer.cfg.leeway.as_secs());
+            let fresh = now
+                <= hit
+                    .principal
+                    .exp
+                    .saturating_add(issuer.cfg.leeway.as_secs());
             if fresh && hit.generation == issuer.generation() {
                 self.metrics.token_cache(true);
                 return Ok(hit.principal.clone());
@@ -176,11 +185,17 @@ impl Authenticator {
                     None => {
                         // Maybe the issuer rotated: one shared, throttled refetch.
                         issuer.refetch_for_unknown_kid().await;
-                        issuer.keys().by_kid(kid).cloned().ok_or(AuthError::UnknownKid)?
+                        issuer
+                            .keys()
+                            .by_kid(kid)
+                            .cloned()
+                            .ok_or(AuthError::UnknownKid)?
                     }
                 };
                 if !key.accepts(alg) {
-                    return Err(AuthError::AlgNotAllowed("algorithm does not fit the signing key"));
+                    return Err(AuthError::AlgNotAllowed(
+                        "algorithm does not fit the signing key",
+                    ));
                 }
                 jwt::verify_with(issuer, &unverified, alg, &key)?
             }

@@ -76,7 +76,8 @@ pub fn from_str_with(
     // First pass straight from the text: toml's errors then carry line, column and key.
     toml::from_str::<GatewayFile>(raw).map_err(|e| ConfigError::Syntax(e.to_string()))?;
     // Second pass: substitute `${NAME}` in every string value, then build the file structs.
-    let mut value: toml::Value = toml::from_str(raw).map_err(|e| ConfigError::Syntax(e.to_string()))?;
+    let mut value: toml::Value =
+        toml::from_str(raw).map_err(|e| ConfigError::Syntax(e.to_string()))?;
     let mut problems = Vec::new();
     substitute_env(&mut value, String::new(), env, &mut problems);
     if !problems.is_empty() {
@@ -95,17 +96,13 @@ fn substitute_env(
     problems: &mut Vec<Problem>,
 ) {
     match value {
-        toml::Value::String(s) => {
-            if s.contains('$') {
-                match expand(s, env) {
-                    Ok(expanded) => *s = expanded,
-                    Err(message) => problems.push(Problem {
-                        location: at,
-                        message,
-                    }),
-                }
-            }
-        }
+        toml::Value::String(s) if s.contains('$') => match expand(s, env) {
+            Ok(expanded) => *s = expanded,
+            Err(message) => problems.push(Problem {
+                location: at,
+                message,
+            }),
+        },
         toml::Value::Array(items) => {
             for (i, item) in items.iter_mut().enumerate() {
                 substitute_env(item, format!("{at}[{i}]"), env, problems);
@@ -132,23 +129,18 @@ fn expand(s: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, Strin
     while let Some(pos) = rest.find('$') {
         out.push_str(&rest[..pos]);
         let after = &rest[pos..];
-        if after.starts_with("$${") {
+        if let Some(tail) = after.strip_prefix("$${") {
             out.push_str("${");
-            rest = &after[3..];
+            rest = tail;
         } else if let Some(body) = after.strip_prefix("${") {
             let end = body
                 .find('}')
                 .ok_or_else(|| "unterminated ${...} reference".to_string())?;
             let name = &body[..end];
-            if name.is_empty()
-                || !name
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '_')
-            {
+            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
                 return Err(format!("invalid environment variable name {name:?}"));
             }
-            let val = env(name)
-                .ok_or_else(|| format!("environment variable {name} is not set"))?;
+            let val = env(name).ok_or_else(|| format!("environment variable {name} is not set"))?;
             out.push_str(&val);
             rest = &body[end + 1..];
         } else {
@@ -173,7 +165,10 @@ mod tests {
 
     #[test]
     fn expand_env_reference_is_substituted() {
-        assert_eq!(expand("a-${REDIS_URL}-b", &env).unwrap(), "a-redis://10.1.2.3:6379/0-b");
+        assert_eq!(
+            expand("a-${REDIS_URL}-b", &env).unwrap(),
+            "a-redis://10.1.2.3:6379/0-b"
+        );
         assert_eq!(expand("cost $5", &env).unwrap(), "cost $5");
         assert_eq!(expand("lit $${X}", &env).unwrap(), "lit ${X}");
     }
@@ -187,9 +182,13 @@ mod tests {
 
     #[test]
     fn unknown_key_is_rejected_with_location() {
-        let err = from_str_with("[server]\nlisten = \"127.0.0.1:1\"\nlisn = 1\n", &env, Path::new("."))
-            .unwrap_err()
-            .to_string();
+        let err = from_str_with(
+            "[server]\nlisten = \"127.0.0.1:1\"\nlisn = 1\n",
+            &env,
+            Path::new("."),
+        )
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("lisn"), "{err}");
         assert!(err.contains("line 3"), "{err}");
     }
@@ -213,15 +212,26 @@ mod tests {
         let cfg = load(path).unwrap_or_else(|e| panic!("config/gateway.toml: {e}"));
         // The three documented limits are written in (MISSION.md, seed 001).
         let limit = |name: &str| {
-            let r = cfg.routes.iter().find(|r| r.name == name).unwrap_or_else(|| panic!("route {name}"));
-            (r.limits[0].requests, r.limits[0].period.as_secs(), r.limit_key.clone())
+            let r = cfg
+                .routes
+                .iter()
+                .find(|r| r.name == name)
+                .unwrap_or_else(|| panic!("route {name}"));
+            (
+                r.limits[0].requests,
+                r.limits[0].period.as_secs(),
+                r.limit_key.clone(),
+            )
         };
         assert_eq!(limit("oauth-authorize").0, 20);
         assert_eq!(limit("oauth-authorize").1, 60);
         assert_eq!(limit("oauth-token").0, 60);
         assert_eq!(limit("oauth-refresh").0, 60);
         assert_eq!(limit("oauth-userinfo").0, 120);
-        assert_eq!(limit("oauth-token").2[0], crate::policy::KeySource::ClientId);
+        assert_eq!(
+            limit("oauth-token").2[0],
+            crate::policy::KeySource::ClientId
+        );
         assert_eq!(limit("oauth-userinfo").2[0], crate::policy::KeySource::Sub);
     }
 }

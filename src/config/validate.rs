@@ -157,7 +157,10 @@ pub fn validate(file: &GatewayFile, base_dir: &Path) -> Result<GatewayConfig, Co
     };
     let server = server_settings(&file.server, base_dir, &mut c);
     if !is_socket_addr(&file.admin.listen) {
-        c.push("admin.listen", format!("{:?} is not an ip:port address", file.admin.listen));
+        c.push(
+            "admin.listen",
+            format!("{:?} is not an ip:port address", file.admin.listen),
+        );
     } else if file.admin.listen == file.server.listen {
         c.push("admin.listen", "must differ from server.listen");
     }
@@ -173,7 +176,10 @@ pub fn validate(file: &GatewayFile, base_dir: &Path) -> Result<GatewayConfig, Co
             c.push(&at, format!("duplicate issuer name {:?}", raw.name));
         }
         if !iss_values.insert(raw.issuer.clone()) {
-            c.push(&at, format!("another issuer already has issuer = {:?}", raw.issuer));
+            c.push(
+                &at,
+                format!("another issuer already has issuer = {:?}", raw.issuer),
+            );
         }
         if let Some(cfg) = issuer(raw, base_dir, &at, &mut c) {
             issuers.push(cfg);
@@ -199,7 +205,14 @@ pub fn validate(file: &GatewayFile, base_dir: &Path) -> Result<GatewayConfig, Co
         if !route_names.insert(raw.name.clone()) {
             c.push(&at, format!("duplicate route name {:?}", raw.name));
         }
-        if let Some(cfg) = route(raw, &up_names, &names, !file.issuers.is_empty(), &at, &mut c) {
+        if let Some(cfg) = route(
+            raw,
+            &up_names,
+            &names,
+            !file.issuers.is_empty(),
+            &at,
+            &mut c,
+        ) {
             routes.push(cfg);
         }
     }
@@ -229,7 +242,10 @@ fn is_socket_addr(s: &str) -> bool {
 
 fn server_settings(f: &ServerFile, base_dir: &Path, c: &mut Collector) -> ServerSettings {
     if !is_socket_addr(&f.listen) {
-        c.push("server.listen", format!("{:?} is not an ip:port address", f.listen));
+        c.push(
+            "server.listen",
+            format!("{:?} is not an ip:port address", f.listen),
+        );
     }
     let mut trusted = Vec::new();
     for (i, cidr) in f.trusted_proxies.iter().enumerate() {
@@ -246,16 +262,25 @@ fn server_settings(f: &ServerFile, base_dir: &Path, c: &mut Collector) -> Server
     }
     let max_body = f.max_body_bytes.unwrap_or(16 * 1024);
     if max_body > 64 * 1024 {
-        c.push("server.max_body_bytes", "at most 65536 (the body is buffered to be forwarded unchanged)");
+        c.push(
+            "server.max_body_bytes",
+            "at most 65536 (the body is buffered to be forwarded unchanged)",
+        );
     }
     let tls = f.tls.as_ref().map(|t| {
         let cert = resolve(base_dir, &t.cert_path);
         let key = resolve(base_dir, &t.key_path);
         if !cert.is_file() {
-            c.push("server.tls.cert_path", format!("{} is not a readable file", cert.display()));
+            c.push(
+                "server.tls.cert_path",
+                format!("{} is not a readable file", cert.display()),
+            );
         }
         if !key.is_file() {
-            c.push("server.tls.key_path", format!("{} is not a readable file", key.display()));
+            c.push(
+                "server.tls.key_path",
+                format!("{} is not a readable file", key.display()),
+            );
         }
         (cert, key)
     });
@@ -273,8 +298,14 @@ fn server_settings(f: &ServerFile, base_dir: &Path, c: &mut Collector) -> Server
         max_body_bytes: max_body,
         tls,
         h2c: f.h2c.unwrap_or(true),
-        upgrade_sock: f.upgrade_sock.clone().unwrap_or_else(|| "/tmp/wetrials-gateway-upgrade.sock".into()),
-        pid_file: f.pid_file.clone().unwrap_or_else(|| "/tmp/wetrials-gateway.pid".into()),
+        upgrade_sock: f
+            .upgrade_sock
+            .clone()
+            .unwrap_or_else(|| "/tmp/wetrials-gateway-upgrade.sock".into()),
+        pid_file: f
+            .pid_file
+            .clone()
+            .unwrap_or_else(|| "/tmp/wetrials-gateway.pid".into()),
     }
 }
 
@@ -300,13 +331,19 @@ fn logging_settings(f: &LoggingFile, c: &mut Collector) -> LoggingSettings {
         Some("json") => LogFormat::Json,
         Some("text") => LogFormat::Text,
         Some(other) => {
-            c.push("logging.format", format!("{other:?} is not one of \"json\", \"text\""));
+            c.push(
+                "logging.format",
+                format!("{other:?} is not one of \"json\", \"text\""),
+            );
             LogFormat::Json
         }
     };
     let level = f.level.clone().unwrap_or_else(|| "info".to_string());
     if tracing_subscriber::EnvFilter::try_new(&level).is_err() {
-        c.push("logging.level", format!("{level:?} is not a valid log filter"));
+        c.push(
+            "logging.level",
+            format!("{level:?} is not a valid log filter"),
+        );
     }
     LoggingSettings {
         format,
@@ -336,7 +373,10 @@ fn rate_limit_settings(f: &RateLimitFile, c: &mut Collector) -> RateLimitSetting
                 }
             }
             Some(_) => {
-                c.push("rate_limit.redis_url", "must start with redis:// or rediss://");
+                c.push(
+                    "rate_limit.redis_url",
+                    "must start with redis:// or rediss://",
+                );
                 RateLimitBackendSetting::Memory
             }
             None => {
@@ -345,7 +385,10 @@ fn rate_limit_settings(f: &RateLimitFile, c: &mut Collector) -> RateLimitSetting
             }
         },
         Some(other) => {
-            c.push("rate_limit.backend", format!("{other:?} is not one of \"memory\", \"redis\""));
+            c.push(
+                "rate_limit.backend",
+                format!("{other:?} is not one of \"memory\", \"redis\""),
+            );
             RateLimitBackendSetting::Memory
         }
     };
@@ -384,9 +427,15 @@ fn parse_algorithm(s: &str) -> Result<Algorithm, String> {
         "EdDSA" => Algorithm::EdDSA,
         "none" => return Err("\"none\" is never allowed".into()),
         s if s.starts_with("HS") => {
-            return Err(format!("{s:?}: HMAC algorithms are not allowed with public keys"))
+            return Err(format!(
+                "{s:?}: HMAC algorithms are not allowed with public keys"
+            ))
         }
-        other => return Err(format!("{other:?} is not a supported algorithm (RS*, PS*, ES256, ES384, EdDSA)")),
+        other => {
+            return Err(format!(
+                "{other:?} is not a supported algorithm (RS*, PS*, ES256, ES384, EdDSA)"
+            ))
+        }
     })
 }
 
@@ -403,7 +452,10 @@ fn issuer(f: &IssuerFile, base_dir: &Path, at: &str, c: &mut Collector) -> Optio
         c.push(format!("{at}.issuer"), "must not be empty");
     }
     if f.audiences.is_empty() {
-        c.push(format!("{at}.audiences"), "at least one audience is required (`aud` must match)");
+        c.push(
+            format!("{at}.audiences"),
+            "at least one audience is required (`aud` must match)",
+        );
     }
     let jwks = match (&f.jwks_uri, &f.discovery_url) {
         (Some(_), Some(_)) => {
@@ -418,7 +470,10 @@ fn issuer(f: &IssuerFile, base_dir: &Path, at: &str, c: &mut Collector) -> Optio
         (Some(uri), None) => {
             let p = PathBuf::from(uri.strip_prefix("file://").unwrap_or(uri));
             if !p.is_absolute() {
-                c.push(format!("{at}.jwks_uri"), "must be an http(s) URL or an absolute file path");
+                c.push(
+                    format!("{at}.jwks_uri"),
+                    "must be an http(s) URL or an absolute file path",
+                );
                 None
             } else {
                 let _ = base_dir;
@@ -432,9 +487,15 @@ fn issuer(f: &IssuerFile, base_dir: &Path, at: &str, c: &mut Collector) -> Optio
         }
     };
     let mut algorithms = Vec::new();
-    let raw_algs = f.algorithms.clone().unwrap_or_else(|| vec!["RS256".to_string()]);
+    let raw_algs = f
+        .algorithms
+        .clone()
+        .unwrap_or_else(|| vec!["RS256".to_string()]);
     if raw_algs.is_empty() {
-        c.push(format!("{at}.algorithms"), "must list at least one algorithm");
+        c.push(
+            format!("{at}.algorithms"),
+            "must list at least one algorithm",
+        );
     }
     for (i, a) in raw_algs.iter().enumerate() {
         match parse_algorithm(a) {
@@ -451,7 +512,10 @@ fn issuer(f: &IssuerFile, base_dir: &Path, at: &str, c: &mut Collector) -> Optio
     let max_refresh = f.jwks_max_refresh_secs.unwrap_or(86_400);
     let refresh = f.jwks_refresh_secs.unwrap_or(300);
     if min_refresh > max_refresh {
-        c.push(format!("{at}.jwks_min_refresh_secs"), "must not exceed jwks_max_refresh_secs");
+        c.push(
+            format!("{at}.jwks_min_refresh_secs"),
+            "must not exceed jwks_max_refresh_secs",
+        );
     }
     if c.problems.len() != before {
         return None;
@@ -481,14 +545,20 @@ fn upstream(f: &UpstreamFile, at: &str, c: &mut Collector) -> Option<UpstreamCon
     for (i, p) in f.peers.iter().enumerate() {
         match p.to_socket_addrs().map(|mut it| it.next()) {
             Ok(Some(addr)) => peers.push(addr),
-            _ => c.push(format!("{at}.peers[{i}]"), format!("{p:?} is not a resolvable host:port")),
+            _ => c.push(
+                format!("{at}.peers[{i}]"),
+                format!("{p:?} is not a resolvable host:port"),
+            ),
         }
     }
     let tls = f.tls.unwrap_or(false);
     let sni = f.sni.clone().unwrap_or_else(|| {
         f.peers
             .first()
-            .and_then(|p| p.rsplit_once(':').map(|(h, _)| h.trim_matches(['[', ']']).to_string()))
+            .and_then(|p| {
+                p.rsplit_once(':')
+                    .map(|(h, _)| h.trim_matches(['[', ']']).to_string())
+            })
             .unwrap_or_default()
     });
     let ms = |v: Option<u64>, d: u64| Duration::from_millis(v.unwrap_or(d).max(1));
@@ -526,7 +596,10 @@ fn route(
     };
     let methods = f.methods.as_ref().map(|ms| {
         if ms.is_empty() {
-            c.push(format!("{at}.methods"), "an empty list matches nothing; omit it for any method");
+            c.push(
+                format!("{at}.methods"),
+                "an empty list matches nothing; omit it for any method",
+            );
         }
         ms.iter()
             .enumerate()
@@ -535,11 +608,17 @@ fn route(
                 match http::Method::from_bytes(upper.as_bytes()) {
                     Ok(method) if upper == *m => Some(method),
                     Ok(_) => {
-                        c.push(format!("{at}.methods[{i}]"), format!("{m:?}: write methods in upper case"));
+                        c.push(
+                            format!("{at}.methods[{i}]"),
+                            format!("{m:?}: write methods in upper case"),
+                        );
                         None
                     }
                     Err(_) => {
-                        c.push(format!("{at}.methods[{i}]"), format!("{m:?} is not an HTTP method"));
+                        c.push(
+                            format!("{at}.methods[{i}]"),
+                            format!("{m:?} is not an HTTP method"),
+                        );
                         None
                     }
                 }
@@ -547,33 +626,55 @@ fn route(
             .collect::<Vec<_>>()
     });
     if !upstreams.contains(&f.upstream) {
-        c.push(format!("{at}.upstream"), format!("unknown upstream {:?}", f.upstream));
+        c.push(
+            format!("{at}.upstream"),
+            format!("unknown upstream {:?}", f.upstream),
+        );
     }
     let auth = match f.auth.as_deref() {
         None | Some("jwt") => AuthMode::Jwt,
         Some("none") => AuthMode::None,
         Some(other) => {
-            c.push(format!("{at}.auth"), format!("{other:?} is not one of \"jwt\", \"none\""));
+            c.push(
+                format!("{at}.auth"),
+                format!("{other:?} is not one of \"jwt\", \"none\""),
+            );
             AuthMode::Jwt
         }
     };
     if auth == AuthMode::Jwt && !any_issuer {
-        c.push(format!("{at}.auth"), "auth = \"jwt\" needs at least one [[issuers]]");
+        c.push(
+            format!("{at}.auth"),
+            "auth = \"jwt\" needs at least one [[issuers]]",
+        );
     }
     if auth == AuthMode::None && (!f.scopes.is_empty() || !f.any_scopes.is_empty()) {
-        c.push(at, "scopes on an auth = \"none\" route would never be checked");
+        c.push(
+            at,
+            "scopes on an auth = \"none\" route would never be checked",
+        );
     }
     for (field, list) in [("scopes", &f.scopes), ("any_scopes", &f.any_scopes)] {
         for (i, s) in list.iter().enumerate() {
-            if s.is_empty() || !s.bytes().all(|b| (0x21..=0x7e).contains(&b) && b != b'"' && b != b'\\') {
-                c.push(format!("{at}.{field}[{i}]"), format!("{s:?} is not a valid scope token (RFC 6749 §3.3)"));
+            if s.is_empty()
+                || !s
+                    .bytes()
+                    .all(|b| (0x21..=0x7e).contains(&b) && b != b'"' && b != b'\\')
+            {
+                c.push(
+                    format!("{at}.{field}[{i}]"),
+                    format!("{s:?} is not a valid scope token (RFC 6749 §3.3)"),
+                );
             }
         }
     }
     if let Some(list) = &f.issuers {
         for (i, name) in list.iter().enumerate() {
             if !issuers.contains(name) {
-                c.push(format!("{at}.issuers[{i}]"), format!("unknown issuer {name:?}"));
+                c.push(
+                    format!("{at}.issuers[{i}]"),
+                    format!("unknown issuer {name:?}"),
+                );
             }
         }
     }
@@ -599,7 +700,10 @@ fn route(
                 Ok(_) => c.push(format!("{rat}.period"), "must be between 1s and 31 days"),
                 Err(_) => c.push(
                     format!("{rat}.period"),
-                    format!("{:?} is not a duration like \"30s\", \"1m\", \"1h\"", rule.period),
+                    format!(
+                        "{:?} is not a duration like \"30s\", \"1m\", \"1h\"",
+                        rule.period
+                    ),
                 ),
             }
             let raw_keys = rule.key.clone().unwrap_or_else(|| vec!["ip".to_string()]);
@@ -623,13 +727,19 @@ fn route(
             }
         }
     }
-    for (field, v) in [("token_query_param", &f.token_query_param), ("token_cookie", &f.token_cookie)] {
+    for (field, v) in [
+        ("token_query_param", &f.token_query_param),
+        ("token_cookie", &f.token_cookie),
+    ] {
         if let Some(v) = v {
             if v.is_empty() {
                 c.push(format!("{at}.{field}"), "must not be empty");
             }
             if auth == AuthMode::None {
-                c.push(format!("{at}.{field}"), "has no effect on an auth = \"none\" route");
+                c.push(
+                    format!("{at}.{field}"),
+                    "has no effect on an auth = \"none\" route",
+                );
             }
         }
     }
@@ -691,7 +801,10 @@ key = ["cookie:session", "ip"]
             cfg.routes[0].limit_key,
             vec![KeySource::Cookie("session".into()), KeySource::Ip]
         );
-        assert_eq!(cfg.issuers[0].algorithms, vec![Algorithm::RS256, Algorithm::ES256]);
+        assert_eq!(
+            cfg.issuers[0].algorithms,
+            vec![Algorithm::RS256, Algorithm::ES256]
+        );
     }
 
     #[test]
@@ -704,11 +817,26 @@ key = ["cookie:session", "ip"]
         let err = from_str(&bad).unwrap_err();
         let problems = err.problems();
         let all = problems.join("\n");
-        assert!(all.contains("routes[0] \"studies-read\".upstream: unknown upstream \"apx\""), "{all}");
-        assert!(all.contains("issuers[0] \"wetrials\".algorithms[0]"), "{all}");
-        assert!(all.contains("issuers[0] \"wetrials\".algorithms[1]"), "{all}");
-        assert!(all.contains("routes[0] \"studies-read\".rate_limit.period"), "{all}");
-        assert!(all.contains("routes[0] \"studies-read\".rate_limit.key[0]"), "{all}");
+        assert!(
+            all.contains("routes[0] \"studies-read\".upstream: unknown upstream \"apx\""),
+            "{all}"
+        );
+        assert!(
+            all.contains("issuers[0] \"wetrials\".algorithms[0]"),
+            "{all}"
+        );
+        assert!(
+            all.contains("issuers[0] \"wetrials\".algorithms[1]"),
+            "{all}"
+        );
+        assert!(
+            all.contains("routes[0] \"studies-read\".rate_limit.period"),
+            "{all}"
+        );
+        assert!(
+            all.contains("routes[0] \"studies-read\".rate_limit.key[0]"),
+            "{all}"
+        );
         assert_eq!(problems.len(), 5, "{all}");
     }
 
@@ -756,6 +884,9 @@ key = ["cookie:session", "ip"]
             "listen = \"127.0.0.1:8080\"\ntrusted_proxies = [\"10.0.0.0/33\"]",
         ))
         .unwrap_err();
-        assert!(err.to_string().contains("server.trusted_proxies[0]"), "{err}");
+        assert!(
+            err.to_string().contains("server.trusted_proxies[0]"),
+            "{err}"
+        );
     }
 }

@@ -43,7 +43,11 @@ impl EchoUpstream {
     }
 }
 
-async fn echo(hits: Arc<AtomicUsize>, addr: SocketAddr, req: Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
+async fn echo(
+    hits: Arc<AtomicUsize>,
+    addr: SocketAddr,
+    req: Request<hyper::body::Incoming>,
+) -> Response<Full<Bytes>> {
     hits.fetch_add(1, Ordering::SeqCst);
     let method = req.method().to_string();
     let path = req.uri().path().to_string();
@@ -63,12 +67,21 @@ async fn echo(hits: Arc<AtomicUsize>, addr: SocketAddr, req: Request<hyper::body
         Ok(b) => b.to_bytes(),
         Err(_) => Bytes::new(),
     };
-    let params: Vec<(String, String)> = form_urlencoded::parse(query.as_bytes()).into_owned().collect();
-    let param = |n: &str| params.iter().find(|(k, _)| k == n).and_then(|(_, v)| v.parse::<u64>().ok());
+    let params: Vec<(String, String)> = form_urlencoded::parse(query.as_bytes())
+        .into_owned()
+        .collect();
+    let param = |n: &str| {
+        params
+            .iter()
+            .find(|(k, _)| k == n)
+            .and_then(|(_, v)| v.parse::<u64>().ok())
+    };
     if let Some(ms) = param("sleep_ms") {
         tokio::time::sleep(std::time::Duration::from_millis(ms.min(60_000))).await;
     }
-    let status = param("status").and_then(|s| u16::try_from(s).ok()).unwrap_or(200);
+    let status = param("status")
+        .and_then(|s| u16::try_from(s).ok())
+        .unwrap_or(200);
     let out = json!({
         "upstream": addr.to_string(),
         "method": method,

@@ -8,7 +8,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use aws_lc_rs::rand::SystemRandom;
-use aws_lc_rs::signature::{EcdsaKeyPair, Ed25519KeyPair, KeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
+use aws_lc_rs::signature::{
+    EcdsaKeyPair, Ed25519KeyPair, KeyPair, ECDSA_P256_SHA256_FIXED_SIGNING,
+};
 use base64::Engine;
 use bytes::Bytes;
 use http_body_util::Full;
@@ -49,7 +51,8 @@ impl SigningKey {
         let err = |e: aws_lc_rs::error::Unspecified| format!("key generation failed: {e}");
         let (material, jwk) = match alg {
             KeyAlg::RS256 | KeyAlg::PS256 => {
-                let kp = aws_lc_rs::rsa::KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).map_err(err)?;
+                let kp = aws_lc_rs::rsa::KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048)
+                    .map_err(err)?;
                 let pk = kp.public_key();
                 let n = pk.modulus();
                 let e = pk.exponent();
@@ -104,15 +107,21 @@ impl SigningKey {
         match &self.material {
             Material::Rsa(kp) => {
                 let mut sig = vec![0u8; kp.public_modulus_len()];
-                let pad: &'static dyn aws_lc_rs::signature::RsaEncoding = if self.alg == KeyAlg::PS256 {
-                    &aws_lc_rs::signature::RSA_PSS_SHA256
-                } else {
-                    &aws_lc_rs::signature::RSA_PKCS1_SHA256
-                };
-                kp.sign(pad, &rng, msg, &mut sig).map_err(|e| e.to_string())?;
+                let pad: &'static dyn aws_lc_rs::signature::RsaEncoding =
+                    if self.alg == KeyAlg::PS256 {
+                        &aws_lc_rs::signature::RSA_PSS_SHA256
+                    } else {
+                        &aws_lc_rs::signature::RSA_PKCS1_SHA256
+                    };
+                kp.sign(pad, &rng, msg, &mut sig)
+                    .map_err(|e| e.to_string())?;
                 Ok(sig)
             }
-            Material::Ec(kp) => Ok(kp.sign(&rng, msg).map_err(|e| e.to_string())?.as_ref().to_vec()),
+            Material::Ec(kp) => Ok(kp
+                .sign(&rng, msg)
+                .map_err(|e| e.to_string())?
+                .as_ref()
+                .to_vec()),
             Material::Ed(kp) => Ok(kp.sign(msg).as_ref().to_vec()),
         }
     }
@@ -143,7 +152,11 @@ impl LocalIssuer {
         Self::start_on("127.0.0.1:0", issuer, audience).await
     }
 
-    pub async fn start_on(bind: &str, issuer: Option<&str>, audience: &str) -> std::io::Result<LocalIssuer> {
+    pub async fn start_on(
+        bind: &str,
+        issuer: Option<&str>,
+        audience: &str,
+    ) -> std::io::Result<LocalIssuer> {
         let first = SigningKey::generate("rsa-1", KeyAlg::RS256).map_err(std::io::Error::other)?;
         let listener = tokio::net::TcpListener::bind(bind).await?;
         let addr = listener.local_addr()?;
@@ -235,7 +248,13 @@ impl LocalIssuer {
 
     /// Sign claims with the first published key.
     pub fn mint(&self, claims: &Value) -> String {
-        let kid = self.shared.keys.lock().first().map(|k| k.kid.clone()).unwrap_or_default();
+        let kid = self
+            .shared
+            .keys
+            .lock()
+            .first()
+            .map(|k| k.kid.clone())
+            .unwrap_or_default();
         self.mint_with(&kid, json!({}), claims)
     }
 
@@ -256,7 +275,11 @@ impl LocalIssuer {
                 }
             }
         }
-        let signing_input = format!("{}.{}", b64(h.to_string().as_bytes()), b64(claims.to_string().as_bytes()));
+        let signing_input = format!(
+            "{}.{}",
+            b64(h.to_string().as_bytes()),
+            b64(claims.to_string().as_bytes())
+        );
         match key.sign(signing_input.as_bytes()) {
             Ok(sig) => format!("{signing_input}.{}", b64(&sig)),
             Err(_) => String::from("signing-failed"),
@@ -277,13 +300,21 @@ async fn handle(shared: Arc<Shared>, req: Request<hyper::body::Incoming>) -> Res
         "/.well-known/jwks.json" => {
             shared.fetches.fetch_add(1, Ordering::SeqCst);
             if shared.failing.load(Ordering::SeqCst) {
-                return super::respond(500, "application/json", "{\"error\":\"down\"}".into(), None);
+                return super::respond(
+                    500,
+                    "application/json",
+                    "{\"error\":\"down\"}".into(),
+                    None,
+                );
             }
             if shared.garbage.load(Ordering::SeqCst) {
                 return super::respond(200, "text/html", "<html>maintenance</html>".into(), None);
             }
             let body = json!({"keys": shared.keys.lock().iter().map(|k| k.jwk.clone()).collect::<Vec<_>>()});
-            let cc = shared.max_age.lock().map(|a| format!("public, max-age={a}"));
+            let cc = shared
+                .max_age
+                .lock()
+                .map(|a| format!("public, max-age={a}"));
             super::respond(200, "application/jwk-set+json", body.to_string(), cc)
         }
         "/.well-known/openid-configuration" => {
@@ -296,6 +327,11 @@ async fn handle(shared: Arc<Shared>, req: Request<hyper::body::Incoming>) -> Res
             });
             super::respond(200, "application/json", body.to_string(), None)
         }
-        _ => super::respond(404, "application/json", "{\"error\":\"not_found\"}".into(), None),
+        _ => super::respond(
+            404,
+            "application/json",
+            "{\"error\":\"not_found\"}".into(),
+            None,
+        ),
     }
 }

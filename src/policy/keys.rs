@@ -20,8 +20,13 @@ impl KeySource {
     pub fn parse(s: &str) -> Result<Self, String> {
         let named = |kind: &str, name: &str| -> Result<String, String> {
             if name.is_empty() {
-                Err(format!("{s:?}: {kind}: needs a name, e.g. \"{kind}:session\""))
-            } else if !name.bytes().all(|b| b.is_ascii_graphic() && b != b';' && b != b'=' && b != b',') {
+                Err(format!(
+                    "{s:?}: {kind}: needs a name, e.g. \"{kind}:session\""
+                ))
+            } else if !name
+                .bytes()
+                .all(|b| b.is_ascii_graphic() && b != b';' && b != b'=' && b != b',')
+            {
                 Err(format!("{s:?}: invalid {kind} name"))
             } else {
                 Ok(name.to_string())
@@ -72,14 +77,31 @@ mod tests {
         assert_eq!(KeySource::parse("sub"), Ok(KeySource::Sub));
         assert_eq!(KeySource::parse("client_id"), Ok(KeySource::ClientId));
         assert_eq!(KeySource::parse("ip"), Ok(KeySource::Ip));
-        assert_eq!(KeySource::parse("header:X-Api-Key"), Ok(KeySource::Header("x-api-key".into())));
-        assert_eq!(KeySource::parse("cookie:session"), Ok(KeySource::Cookie("session".into())));
-        assert_eq!(KeySource::parse("query:api_key"), Ok(KeySource::Query("api_key".into())));
+        assert_eq!(
+            KeySource::parse("header:X-Api-Key"),
+            Ok(KeySource::Header("x-api-key".into()))
+        );
+        assert_eq!(
+            KeySource::parse("cookie:session"),
+            Ok(KeySource::Cookie("session".into()))
+        );
+        assert_eq!(
+            KeySource::parse("query:api_key"),
+            Ok(KeySource::Query("api_key".into()))
+        );
     }
 
     #[test]
     fn key_source_bad_forms_are_refused() {
-        for bad in ["", "user", "cookie:", "header:", "header:a b", "header:authorization", "form:x"] {
+        for bad in [
+            "",
+            "user",
+            "cookie:",
+            "header:",
+            "header:a b",
+            "header:authorization",
+            "form:x",
+        ] {
             assert!(KeySource::parse(bad).is_err(), "{bad}");
         }
     }

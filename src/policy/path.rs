@@ -53,7 +53,10 @@ pub fn normalize_path(raw: &str) -> Result<std::borrow::Cow<'_, str>, PathError>
         while i < sb.len() {
             let b = sb[i];
             if b == b'%' {
-                let (h, l) = match (sb.get(i + 1).and_then(|&x| hex(x)), sb.get(i + 2).and_then(|&x| hex(x))) {
+                let (h, l) = match (
+                    sb.get(i + 1).and_then(|&x| hex(x)),
+                    sb.get(i + 2).and_then(|&x| hex(x)),
+                ) {
                     (Some(h), Some(l)) => (h, l),
                     _ => return Err(PathError::BadPercent),
                 };
@@ -132,7 +135,25 @@ fn is_canonical(b: &[u8]) -> bool {
         let _ = seg_start;
         seg_start = false;
         if !(c.is_ascii_alphanumeric()
-            || matches!(c, b'-' | b'.' | b'_' | b'~' | b'!' | b'$' | b'&' | b'\'' | b'(' | b')' | b'*' | b'+' | b',' | b';' | b'=' | b':' | b'@'))
+            || matches!(
+                c,
+                b'-' | b'.'
+                    | b'_'
+                    | b'~'
+                    | b'!'
+                    | b'$'
+                    | b'&'
+                    | b'\''
+                    | b'('
+                    | b')'
+                    | b'*'
+                    | b'+'
+                    | b','
+                    | b';'
+                    | b'='
+                    | b':'
+                    | b'@'
+            ))
         {
             return false;
         }
@@ -154,7 +175,10 @@ mod tests {
 
     #[test]
     fn normalize_canonical_path_is_borrowed() {
-        assert!(matches!(normalize_path("/v1/studies/42").unwrap(), std::borrow::Cow::Borrowed(_)));
+        assert!(matches!(
+            normalize_path("/v1/studies/42").unwrap(),
+            std::borrow::Cow::Borrowed(_)
+        ));
         assert_eq!(n("/"), "/");
     }
 

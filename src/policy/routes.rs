@@ -47,7 +47,9 @@ impl PathTemplate {
                         .strip_prefix('{')
                         .and_then(|s| s.strip_suffix('}'))
                         .ok_or_else(|| format!("{raw:?}: unbalanced braces in segment {seg:?}"))?;
-                    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                    if name.is_empty()
+                        || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                    {
                         return Err(format!("{raw:?}: parameter {seg:?} must be {{name}} with letters, digits or '_'"));
                     }
                     segments.push(Segment::Param);
@@ -56,8 +58,8 @@ impl PathTemplate {
                         return Err(format!("{raw:?}: segment {seg:?} may not contain '{{', '}}', '*', '?' or '#' (a prefix is written as a trailing \"/*\")"));
                     }
                     let slashed = format!("/{seg}");
-                    let canonical = super::normalize_path(&slashed)
-                        .map_err(|e| format!("{raw:?}: {e}"))?;
+                    let canonical =
+                        super::normalize_path(&slashed).map_err(|e| format!("{raw:?}: {e}"))?;
                     if canonical != slashed {
                         return Err(format!(
                             "{raw:?}: segment {seg:?} is not in normal form (requests are matched after normalisation; write {:?})",
@@ -213,7 +215,16 @@ mod tests {
 
     #[test]
     fn template_bad_forms_are_refused() {
-        for bad in ["v1/x", "/v1//x", "/v1/x/", "/v1/{}", "/v1/{a", "/v1/a*", "/v1/%73tudies", "/v1/./x"] {
+        for bad in [
+            "v1/x",
+            "/v1//x",
+            "/v1/x/",
+            "/v1/{}",
+            "/v1/{a",
+            "/v1/a*",
+            "/v1/%73tudies",
+            "/v1/./x",
+        ] {
             assert!(PathTemplate::parse(bad).is_err(), "{bad}");
         }
     }
@@ -239,13 +250,20 @@ mod tests {
     fn table_first_match_in_file_order_wins() {
         let table = RouteTable::new(vec![
             route("read", Some(vec![Method::GET]), "/v1/studies/{id}"),
-            route("write", Some(vec![Method::PUT, Method::PATCH]), "/v1/studies/{id}"),
+            route(
+                "write",
+                Some(vec![Method::PUT, Method::PATCH]),
+                "/v1/studies/{id}",
+            ),
             route("catchall", None, "/v1/*"),
         ]);
         let find = |m: Method, p: &str| table.find(&m, p).map(|r| r.name.clone());
         assert_eq!(find(Method::GET, "/v1/studies/1").as_deref(), Some("read"));
         assert_eq!(find(Method::PUT, "/v1/studies/1").as_deref(), Some("write"));
-        assert_eq!(find(Method::DELETE, "/v1/studies/1").as_deref(), Some("catchall"));
+        assert_eq!(
+            find(Method::DELETE, "/v1/studies/1").as_deref(),
+            Some("catchall")
+        );
         assert_eq!(find(Method::GET, "/v2/x"), None);
     }
 }

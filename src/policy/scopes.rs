@@ -23,7 +23,11 @@ impl RequiredScopes {
             }
         }
         let challenge = parts.join(" ");
-        RequiredScopes { all, any, challenge }
+        RequiredScopes {
+            all,
+            any,
+            challenge,
+        }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -65,13 +69,18 @@ mod tests {
         let r = RequiredScopes::new(vec![], s(&["admin:read", "read:studies"]));
         assert!(r.check(&["read:studies"]).is_ok());
         assert!(r.check(&["admin:read"]).is_ok());
-        assert_eq!(r.check(&["read:profile"]).unwrap_err().0, "admin:read read:studies");
+        assert_eq!(
+            r.check(&["read:profile"]).unwrap_err().0,
+            "admin:read read:studies"
+        );
     }
 
     #[test]
     fn scopes_prefix_of_a_scope_does_not_count() {
         let r = RequiredScopes::new(s(&["admin:write"]), vec![]);
-        assert!(r.check(&["admin:writer", "admin:wr", "ADMIN:WRITE"]).is_err());
+        assert!(r
+            .check(&["admin:writer", "admin:wr", "ADMIN:WRITE"])
+            .is_err());
     }
 
     #[test]

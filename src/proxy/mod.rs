@@ -107,11 +107,21 @@ impl Gateway {
         // 1. which route?
         let raw_path = req.uri.path();
         let path = normalize_path(raw_path).map_err(|e| match e {
-            crate::policy::PathError::NotAbsolute => Reject::BadPath("request path must start with '/'"),
-            crate::policy::PathError::BadPercent => Reject::BadPath("malformed percent-encoding in path"),
-            crate::policy::PathError::ControlChar => Reject::BadPath("path contains a control character"),
+            crate::policy::PathError::NotAbsolute => {
+                Reject::BadPath("request path must start with '/'")
+            }
+            crate::policy::PathError::BadPercent => {
+                Reject::BadPath("malformed percent-encoding in path")
+            }
+            crate::policy::PathError::ControlChar => {
+                Reject::BadPath("path contains a control character")
+            }
         })?;
-        let route = snap.routes.find(&req.method, &path).cloned().ok_or(Reject::NoRoute)?;
+        let route = snap
+            .routes
+            .find(&req.method, &path)
+            .cloned()
+            .ok_or(Reject::NoRoute)?;
         if let std::borrow::Cow::Owned(p) = path {
             ctx.rewritten_path = Some(p);
         }
@@ -122,7 +132,11 @@ impl Gateway {
             let principal = match self.authenticate(session, &snap, &route).await {
                 Ok(p) => p,
                 Err(e) => {
-                    let issuer = ctx.principal.as_ref().map(|p| &*p.issuer).unwrap_or("_unknown");
+                    let issuer = ctx
+                        .principal
+                        .as_ref()
+                        .map(|p| &*p.issuer)
+                        .unwrap_or("_unknown");
                     self.metrics.auth(issuer, e.reason());
                     ctx.auth_result = e.reason();
                     return Err(Reject::Auth(e));
@@ -151,12 +165,17 @@ impl Gateway {
                     let allowed = decision.allowed;
                     self.metrics
                         .ratelimit_decisions
-                        .with_label_values(&[route.name.as_str(), if allowed { "allowed" } else { "limited" }])
+                        .with_label_values(&[
+                            route.name.as_str(),
+                            if allowed { "allowed" } else { "limited" },
+                        ])
                         .inc();
                     let retry = decision.retry_after.map(ceil_secs).unwrap_or(1).max(1);
                     ctx.rate = Some(decision);
                     if !allowed {
-                        return Err(Reject::RateLimited { retry_after_secs: retry });
+                        return Err(Reject::RateLimited {
+                            retry_after_secs: retry,
+                        });
                     }
                 }
                 Err(e) => {
@@ -180,17 +199,25 @@ impl Gateway {
     ) -> Result<Arc<Principal>, AuthError> {
         let req = session.req_header();
         let max = snap.config.server.max_token_bytes;
-        let token = match bearer::from_authorization(req.headers.get_all(AUTHORIZATION).iter().map(|v| v.as_bytes()), max) {
+        let token = match bearer::from_authorization(
+            req.headers
+                .get_all(AUTHORIZATION)
+                .iter()
+                .map(|v| v.as_bytes()),
+            max,
+        ) {
             Err(AuthError::MissingToken) => {
                 // Only routes that opt in look elsewhere.
                 let from_query = route
                     .token_query_param
                     .as_deref()
                     .and_then(|name| clientkey::query_param(req.uri.query(), name));
-                let from_cookie = route
-                    .token_cookie
-                    .as_deref()
-                    .and_then(|name| clientkey::cookie(req.headers.get_all(COOKIE).iter().map(|v| v.as_bytes()), name));
+                let from_cookie = route.token_cookie.as_deref().and_then(|name| {
+                    clientkey::cookie(
+                        req.headers.get_all(COOKIE).iter().map(|v| v.as_bytes()),
+                        name,
+                    )
+                });
                 match from_query.or(from_cookie) {
                     Some(t) => {
                         let t = bearer::from_value(&t, max)?;
@@ -204,7 +231,12 @@ impl Gateway {
         self.authenticate_token(snap, route, token.0).await
     }
 
-    async fn authenticate_token(&self, snap: &Snapshot, route: &Route, token: &str) -> Result<Arc<Principal>, AuthError> {
+    async fn authenticate_token(
+        &self,
+        snap: &Snapshot,
+        route: &Route,
+        token: &str,
+    ) -> Result<Arc<Principal>, AuthError> {
         let p = snap.auth.authenticate(bearer::BearerToken(token)).await?;
         if let Some(allowed) = &route.issuers {
             if !allowed.iter().any(|n| **n == *p.issuer) {
@@ -215,7 +247,12 @@ impl Gateway {
     }
 
     /// The limiter key: first source that yields a value; `anonymous` when none does.
-    async fn limit_key(&self, session: &mut Session, ctx: &mut RequestCtx, route: &Route) -> Result<String, Reject> {
+    async fn limit_key(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        route: &Route,
+    ) -> Result<String, Reject> {
         for source in &route.limit_key {
             let req = session.req_header();
             let value = match source {
@@ -227,7 +264,10 @@ impl Gateway {
                     .and_then(|v| v.to_str().ok())
                     .map(|v| v.trim().to_string())
                     .filter(|v| !v.is_empty()),
-                KeySource::Cookie(name) => clientkey::cookie(req.headers.get_all(COOKIE).iter().map(|v| v.as_bytes()), name),
+                KeySource::Cookie(name) => clientkey::cookie(
+                    req.headers.get_all(COOKIE).iter().map(|v| v.as_bytes()),
+                    name,
+                ),
                 KeySource::Query(name) => clientkey::query_param(req.uri.query(), name),
                 KeySource::ClientId => {
                     let from_token = ctx.principal.as_ref().and_then(|p| p.client_id.clone());
@@ -260,9 +300,18 @@ impl Gateway {
 
     /// Read a small form or JSON body to find `client_id`; the body still reaches the
     /// upstream byte for byte (pingora's retry buffer).
-    async fn body_client_id(&self, session: &mut Session, snap: &Snapshot) -> Result<Option<String>, Reject> {
+    async fn body_client_id(
+        &self,
+        session: &mut Session,
+        snap: &Snapshot,
+    ) -> Result<Option<String>, Reject> {
         let req = session.req_header();
-        let Some(ct) = req.headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_string) else {
+        let Some(ct) = req
+            .headers
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+        else {
             return Ok(None);
         };
         if !clientkey::readable_body_type(&ct) {
@@ -270,7 +319,11 @@ impl Gateway {
         }
         let max = snap.config.server.max_body_bytes;
         if let Some(len) = req.headers.get(CONTENT_LENGTH) {
-            match len.to_str().ok().and_then(|s| s.trim().parse::<usize>().ok()) {
+            match len
+                .to_str()
+                .ok()
+                .and_then(|s| s.trim().parse::<usize>().ok())
+            {
                 Some(n) if n > max => return Err(Reject::BodyTooLarge(max)),
                 Some(_) => {}
                 None => return Err(Reject::BadBody("malformed Content-Length")),
@@ -296,7 +349,12 @@ impl Gateway {
         clientkey::body_client_id(&ct, &body).map_err(Reject::BadBody)
     }
 
-    async fn write_reject(&self, session: &mut Session, ctx: &mut RequestCtx, reject: &Reject) -> Result<()> {
+    async fn write_reject(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        reject: &Reject,
+    ) -> Result<()> {
         let body = reject.body();
         let mut header = reject.response_header(&ctx.request_id, body.len())?;
         if let (Some(route), Some(d)) = (&ctx.route, &ctx.rate) {
@@ -306,7 +364,9 @@ impl Gateway {
         if !session.is_body_done() {
             session.set_keepalive(None);
         }
-        session.write_response_header(Box::new(header), false).await?;
+        session
+            .write_response_header(Box::new(header), false)
+            .await?;
         session.write_response_body(Some(body), true).await?;
         Ok(())
     }
@@ -333,16 +393,28 @@ fn strip_request_headers(h: &mut RequestHeader) {
         .filter(|s| !s.is_empty() && s != "upgrade" && s != "close" && s != "keep-alive")
         .collect();
     for name in listed {
-        if name.starts_with("x-auth-") || name == "host" || name == "authorization" || name == "content-length" {
+        if name.starts_with("x-auth-")
+            || name == "host"
+            || name == "authorization"
+            || name == "content-length"
+        {
             continue;
         }
         h.remove_header(name.as_str());
     }
-    for name in ["keep-alive", "proxy-connection", "proxy-authorization", "trailer"] {
+    for name in [
+        "keep-alive",
+        "proxy-connection",
+        "proxy-authorization",
+        "trailer",
+    ] {
         h.remove_header(name);
     }
     if let Some(te) = h.headers.get(http::header::TE) {
-        if !te.to_str().is_ok_and(|v| v.trim().eq_ignore_ascii_case("trailers")) {
+        if !te
+            .to_str()
+            .is_ok_and(|v| v.trim().eq_ignore_ascii_case("trailers"))
+        {
             h.remove_header("te");
         }
     }
@@ -388,13 +460,21 @@ impl ProxyHttp for Gateway {
         ctx.in_flight = true;
         let req = session.req_header();
         ctx.request_id = match req.headers.get("x-request-id") {
-            Some(v) if valid_request_id(v.as_bytes()) => String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            Some(v) if valid_request_id(v.as_bytes()) => {
+                String::from_utf8_lossy(v.as_bytes()).into_owned()
+            }
             _ => uuid::Uuid::new_v4().simple().to_string(),
         };
-        let peer = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip());
+        let peer = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip());
         ctx.client_ip = client_ip(
             peer,
-            req.headers.get_all("x-forwarded-for").iter().map(|v| v.as_bytes()),
+            req.headers
+                .get_all("x-forwarded-for")
+                .iter()
+                .map(|v| v.as_bytes()),
             &ctx.snap.config.server.trusted_proxies,
         );
         match self.admit(session, ctx).await {
@@ -411,7 +491,11 @@ impl ProxyHttp for Gateway {
     }
 
     /// The route's prebuilt peer; later attempts (after a refused connection) take the next.
-    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<Box<HttpPeer>> {
         let route = ctx
             .route
             .as_ref()
@@ -427,14 +511,23 @@ impl ProxyHttp for Gateway {
     }
 
     /// Connection refused or timed out: try the next peer while any is left.
-    fn fail_to_connect(&self, _session: &mut Session, _peer: &HttpPeer, ctx: &mut RequestCtx, mut e: Box<Error>) -> Box<Error> {
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut RequestCtx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
         if let Some(route) = &ctx.route {
             let upstream = &ctx.snap.upstreams[route.upstream];
             let kind = match e.etype() {
                 ErrorType::ConnectTimedout => "timeout",
                 _ => "connect",
             };
-            self.metrics.upstream_errors.with_label_values(&[upstream.name.as_str(), kind]).inc();
+            self.metrics
+                .upstream_errors
+                .with_label_values(&[upstream.name.as_str(), kind])
+                .inc();
             if ctx.attempt < upstream.len() {
                 e.set_retry(true);
             }
@@ -454,15 +547,21 @@ impl ProxyHttp for Gateway {
             let name = ctx.snap.upstreams[route.upstream].name.as_str();
             let kind = match e.etype() {
                 ErrorType::ReadTimedout | ErrorType::WriteTimedout => "timeout",
-                ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::WriteError => "reset",
+                ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::WriteError => {
+                    "reset"
+                }
                 _ => "other",
             };
             if *e.esource() == ErrorSource::Upstream {
-                self.metrics.upstream_errors.with_label_values(&[name, kind]).inc();
+                self.metrics
+                    .upstream_errors
+                    .with_label_values(&[name, kind])
+                    .inc();
             }
         }
         let mut e = e.more_context(format!("peer: {peer}"));
-        if !session.req_header().method.is_idempotent() || session.as_ref().retry_buffer_truncated() {
+        if !session.req_header().method.is_idempotent() || session.as_ref().retry_buffer_truncated()
+        {
             e.set_retry(false);
         } else {
             e.retry.decide_reuse(client_reused);
@@ -470,7 +569,12 @@ impl ProxyHttp for Gateway {
         e
     }
 
-    async fn upstream_request_filter(&self, session: &mut Session, up: &mut RequestHeader, ctx: &mut RequestCtx) -> Result<()> {
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        up: &mut RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
         if let Some(path) = &ctx.rewritten_path {
             let pq = match up.uri.query() {
                 Some(q) => format!("{path}?{q}"),
@@ -479,7 +583,12 @@ impl ProxyHttp for Gateway {
             let uri = http::Uri::builder()
                 .path_and_query(pq)
                 .build()
-                .map_err(|_| Error::explain(ErrorType::InternalError, "normalised path is not a valid URI"))?;
+                .map_err(|_| {
+                    Error::explain(
+                        ErrorType::InternalError,
+                        "normalised path is not a valid URI",
+                    )
+                })?;
             up.set_uri(uri);
         }
         strip_request_headers(up);
@@ -502,9 +611,16 @@ impl ProxyHttp for Gateway {
             }
         }
         up.insert_header("x-request-id", ctx.request_id.as_str())?;
-        let peer_ip = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip().to_string());
+        let peer_ip = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip().to_string());
         if let Some(ip) = peer_ip {
-            let xff = match up.headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+            let xff = match up
+                .headers
+                .get("x-forwarded-for")
+                .and_then(|v| v.to_str().ok())
+            {
                 Some(prev) if !prev.trim().is_empty() => format!("{prev}, {ip}"),
                 _ => ip,
             };
@@ -514,7 +630,12 @@ impl ProxyHttp for Gateway {
         Ok(())
     }
 
-    async fn upstream_response_filter(&self, _session: &mut Session, _resp: &mut ResponseHeader, ctx: &mut RequestCtx) -> Result<()> {
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        _resp: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
         if let (Some(start), Some(route)) = (ctx.upstream_start.take(), &ctx.route) {
             let name = ctx.snap.upstreams[route.upstream].name.as_str();
             self.metrics
@@ -525,7 +646,12 @@ impl ProxyHttp for Gateway {
         Ok(())
     }
 
-    async fn response_filter(&self, _session: &mut Session, resp: &mut ResponseHeader, ctx: &mut RequestCtx) -> Result<()> {
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
         resp.insert_header("x-request-id", ctx.request_id.as_str())?;
         if let (Some(route), Some(d)) = (&ctx.route, &ctx.rate) {
             add_rate_headers(resp, route, d)?;
@@ -534,21 +660,32 @@ impl ProxyHttp for Gateway {
     }
 
     /// Upstream down (502), timed out (504), or a broken request (400): JSON, never a bare page.
-    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> FailToProxy {
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut RequestCtx,
+    ) -> FailToProxy {
         let (code, error, description) = match e.etype() {
             ErrorType::HTTPStatus(code) => (*code, "invalid_request", "request rejected"),
             _ => match e.esource() {
                 ErrorSource::Upstream => match e.etype() {
-                    ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout => {
+                    ErrorType::ConnectTimedout
+                    | ErrorType::ReadTimedout
+                    | ErrorType::WriteTimedout => {
                         (504, "gateway_timeout", "upstream did not answer in time")
                     }
                     _ => (502, "bad_gateway", "upstream unavailable"),
                 },
                 ErrorSource::Downstream => match e.etype() {
-                    ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => (0, "", ""),
+                    ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => {
+                        (0, "", "")
+                    }
                     _ => (400, "invalid_request", "malformed request"),
                 },
-                ErrorSource::Internal | ErrorSource::Unset => (500, "server_error", "internal error"),
+                ErrorSource::Internal | ErrorSource::Unset => {
+                    (500, "server_error", "internal error")
+                }
             },
         };
         if ctx.outcome == Outcome::Forwarded || ctx.outcome == Outcome::Pending {
@@ -560,7 +697,11 @@ impl ProxyHttp for Gateway {
             }
             let body: Bytes = json_error(error, description);
             if let Ok(h) = reject::error_header(code, &ctx.request_id, body.len()) {
-                if session.write_response_header(Box::new(h), false).await.is_ok() {
+                if session
+                    .write_response_header(Box::new(h), false)
+                    .await
+                    .is_ok()
+                {
                     let _ = session.write_response_body(Some(body), true).await;
                 }
             }
@@ -577,8 +718,15 @@ impl ProxyHttp for Gateway {
         if ctx.in_flight {
             self.metrics.in_flight.dec();
         }
-        let status = session.response_written().map(|r| r.status.as_u16()).unwrap_or(0);
-        let route = ctx.route.as_ref().map(|r| r.name.as_str()).unwrap_or("_none");
+        let status = session
+            .response_written()
+            .map(|r| r.status.as_u16())
+            .unwrap_or(0);
+        let route = ctx
+            .route
+            .as_ref()
+            .map(|r| r.name.as_str())
+            .unwrap_or("_none");
         let method = method_label(&session.req_header().method);
         let elapsed = ctx.start.elapsed();
         let status_label = status.to_string();
@@ -591,14 +739,22 @@ impl ProxyHttp for Gateway {
             .with_label_values(&[route])
             .observe(elapsed.as_secs_f64());
         if self.access_log {
-            let upstream = ctx.route.as_ref().map(|r| ctx.snap.upstreams[r.upstream].name.as_str()).unwrap_or("-");
+            let upstream = ctx
+                .route
+                .as_ref()
+                .map(|r| ctx.snap.upstreams[r.upstream].name.as_str())
+                .unwrap_or("-");
             let outcome = match ctx.outcome {
                 Outcome::Pending => "pending",
                 Outcome::Forwarded => "forwarded",
                 Outcome::Rejected(r) => r,
                 Outcome::UpstreamFailed => "upstream_failed",
             };
-            let sub = ctx.principal.as_ref().and_then(|p| p.sub.as_deref()).unwrap_or("-");
+            let sub = ctx
+                .principal
+                .as_ref()
+                .and_then(|p| p.sub.as_deref())
+                .unwrap_or("-");
             let issuer = ctx.principal.as_ref().map(|p| &*p.issuer).unwrap_or("-");
             let error = e.map(|e| e.etype().as_str()).unwrap_or("-");
             info!(

@@ -64,14 +64,19 @@ impl Reject {
         match self {
             Reject::NoRoute => ("not_found", "no route for this method and path".into()),
             Reject::BadPath(d) => ("invalid_request", (*d).into()),
-            Reject::Auth(AuthError::MissingToken) => ("invalid_request", "missing bearer token".into()),
+            Reject::Auth(AuthError::MissingToken) => {
+                ("invalid_request", "missing bearer token".into())
+            }
             Reject::Auth(AuthError::InvalidRequest(d)) => ("invalid_request", (*d).into()),
             Reject::Auth(AuthError::KeysUnavailable) => (
                 "temporarily_unavailable",
                 "signing keys of the token issuer are not loaded yet".into(),
             ),
             Reject::Auth(e) => ("invalid_token", e.to_string()),
-            Reject::Scope(m) => ("insufficient_scope", format!("token lacks a required scope: {}", m.0)),
+            Reject::Scope(m) => (
+                "insufficient_scope",
+                format!("token lacks a required scope: {}", m.0),
+            ),
             Reject::RateLimited { retry_after_secs } => (
                 "rate_limit_exceeded",
                 format!("too many requests; retry after {retry_after_secs} s"),
@@ -80,7 +85,10 @@ impl Reject {
                 "temporarily_unavailable",
                 "rate limiter unavailable; try again shortly".into(),
             ),
-            Reject::BodyTooLarge(max) => ("invalid_request", format!("request body larger than {max} bytes")),
+            Reject::BodyTooLarge(max) => (
+                "invalid_request",
+                format!("request body larger than {max} bytes"),
+            ),
             Reject::BadBody(d) => ("invalid_request", (*d).into()),
         }
     }
@@ -114,7 +122,11 @@ impl Reject {
     }
 
     /// The whole response header (body length included).
-    pub fn response_header(&self, request_id: &str, body_len: usize) -> pingora::Result<ResponseHeader> {
+    pub fn response_header(
+        &self,
+        request_id: &str,
+        body_len: usize,
+    ) -> pingora::Result<ResponseHeader> {
         let mut h = error_header(self.status(), request_id, body_len)?;
         if let Some(v) = self.www_authenticate() {
             h.insert_header(http::header::WWW_AUTHENTICATE, v)?;
@@ -139,7 +151,11 @@ pub fn json_error(error: &str, description: &str) -> Bytes {
 }
 
 /// Status, JSON content type, no caching, length, request id.
-pub fn error_header(status: u16, request_id: &str, body_len: usize) -> pingora::Result<ResponseHeader> {
+pub fn error_header(
+    status: u16,
+    request_id: &str,
+    body_len: usize,
+) -> pingora::Result<ResponseHeader> {
     let mut h = ResponseHeader::build(status, Some(6))?;
     h.insert_header(http::header::CONTENT_TYPE, "application/json")?;
     h.insert_header(http::header::CACHE_CONTROL, "no-store")?;
@@ -161,9 +177,14 @@ mod tests {
 
     #[test]
     fn invalid_request_is_400_with_error() {
-        let r = Reject::Auth(AuthError::InvalidRequest("Authorization must use the Bearer scheme"));
+        let r = Reject::Auth(AuthError::InvalidRequest(
+            "Authorization must use the Bearer scheme",
+        ));
         assert_eq!(r.status(), 400);
-        assert!(r.www_authenticate().unwrap().contains("error=\"invalid_request\""));
+        assert!(r
+            .www_authenticate()
+            .unwrap()
+            .contains("error=\"invalid_request\""));
     }
 
     #[test]
@@ -182,12 +203,17 @@ mod tests {
     fn scope_is_403_with_scope_attribute() {
         let r = Reject::Scope(MissingScopes("read:studies".into()));
         assert_eq!(r.status(), 403);
-        assert!(r.www_authenticate().unwrap().contains("scope=\"read:studies\""));
+        assert!(r
+            .www_authenticate()
+            .unwrap()
+            .contains("scope=\"read:studies\""));
     }
 
     #[test]
     fn rate_limited_is_429_with_retry_after() {
-        let r = Reject::RateLimited { retry_after_secs: 7 };
+        let r = Reject::RateLimited {
+            retry_after_secs: 7,
+        };
         let h = r.response_header("rid", 10).unwrap();
         assert_eq!(h.status.as_u16(), 429);
         assert_eq!(h.headers.get("retry-after").unwrap(), "7");
