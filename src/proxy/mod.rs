@@ -712,6 +712,18 @@ impl ProxyHttp for Gateway {
         }
     }
 
+    /// What pingora's own error logs say about a request: method and path, never the query
+    /// string (a route may opt in to tokens in the query) nor any header.
+    fn request_summary(&self, session: &Session, ctx: &RequestCtx) -> String {
+        let req = session.req_header();
+        format!(
+            "{} {} (request_id {})",
+            req.method,
+            ctx.rewritten_path.as_deref().unwrap_or(req.uri.path()),
+            ctx.request_id
+        )
+    }
+
     /// Once per request: metrics and one access-log line (never a token or a header value
     /// that could carry one).
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
