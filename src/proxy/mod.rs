@@ -146,6 +146,7 @@ impl Gateway {
             if let Err(missing) = route.scopes.check(&principal.scopes) {
                 self.metrics.auth(&principal.issuer, "insufficient_scope");
                 ctx.auth_result = "insufficient_scope";
+                ctx.client_id = principal.client_id.clone();
                 ctx.principal = Some(principal);
                 return Err(Reject::Scope(missing));
             }
