@@ -150,8 +150,13 @@ impl Authenticator {
         self.cache.entry_count()
     }
 
-    /// Verify a token; `Ok` carries the caller. Never echoes the token.
-    pub async fn authenticate(&self, token: BearerToken<'_>) -> Result<Arc<Principal>, AuthError> {
+    /// Verify a token; `Ok` carries the caller. Never echoes the token. `issuer_seen` is set to
+    /// the issuer's index as soon as the token's `iss` matched one (for metric labels on failure).
+    pub async fn authenticate(
+        &self,
+        token: BearerToken<'_>,
+        issuer_seen: &mut Option<usize>,
+    ) -> Result<Arc<Principal>, AuthError> {
         let digest: [u8; 32] = Sha256::digest(token.0.as_bytes()).into();
         let now = jwt::now_secs();
         if let Some(hit) = self.cache.get(&digest) {
@@ -172,6 +177,7 @@ impl Authenticator {
         let unverified = jwt::parse(token.0)?;
         let iss = unverified.iss.as_deref().ok_or(AuthError::WrongIssuer)?;
         let &index = self.by_iss.get(iss).ok_or(AuthError::WrongIssuer)?;
+        *issuer_seen = Some(index);
         let issuer = &self.issuers[index];
         let alg = jwt::allowed_algorithm(issuer, &unverified.header)?;
         if !issuer.is_ready() {

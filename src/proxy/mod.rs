@@ -129,13 +129,13 @@ impl Gateway {
 
         // 2. who is calling?
         if route.auth == AuthMode::Jwt {
-            let principal = match self.authenticate(session, &snap, &route).await {
+            let mut seen = None;
+            let principal = match self.authenticate(session, &snap, &route, &mut seen).await {
                 Ok(p) => p,
                 Err(e) => {
-                    let issuer = ctx
-                        .principal
-                        .as_ref()
-                        .map(|p| &*p.issuer)
+                    let issuer = seen
+                        .and_then(|i| snap.auth.issuers().get(i))
+                        .map(|i| i.name())
                         .unwrap_or("_unknown");
                     self.metrics.auth(issuer, e.reason());
                     ctx.auth_result = e.reason();
@@ -197,6 +197,7 @@ impl Gateway {
         session: &Session,
         snap: &Snapshot,
         route: &Route,
+        seen: &mut Option<usize>,
     ) -> Result<Arc<Principal>, AuthError> {
         let req = session.req_header();
         let max = snap.config.server.max_token_bytes;
@@ -222,14 +223,14 @@ impl Gateway {
                 match from_query.or(from_cookie) {
                     Some(t) => {
                         let t = bearer::from_value(&t, max)?;
-                        return self.authenticate_token(snap, route, t.0).await;
+                        return self.authenticate_token(snap, route, t.0, seen).await;
                     }
                     None => return Err(AuthError::MissingToken),
                 }
             }
             other => other?,
         };
-        self.authenticate_token(snap, route, token.0).await
+        self.authenticate_token(snap, route, token.0, seen).await
     }
 
     async fn authenticate_token(
@@ -237,8 +238,12 @@ impl Gateway {
         snap: &Snapshot,
         route: &Route,
         token: &str,
+        seen: &mut Option<usize>,
     ) -> Result<Arc<Principal>, AuthError> {
-        let p = snap.auth.authenticate(bearer::BearerToken(token)).await?;
+        let p = snap
+            .auth
+            .authenticate(bearer::BearerToken(token), seen)
+            .await?;
         if let Some(allowed) = &route.issuers {
             if !allowed.iter().any(|n| **n == *p.issuer) {
                 return Err(AuthError::IssuerNotAllowed);
