@@ -66,7 +66,8 @@ fn files_ending_in(dir: &Path, suffixes: &[&str]) -> Vec<PathBuf> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
-        let entries = std::fs::read_dir(&d).unwrap_or_else(|e| panic!("cannot list {}: {e}", d.display()));
+        let entries =
+            std::fs::read_dir(&d).unwrap_or_else(|e| panic!("cannot list {}: {e}", d.display()));
         for entry in entries {
             let path = entry.expect("directory entry").path();
             if path.is_dir() {
@@ -134,7 +135,9 @@ fn kubernetes_object(kind: &str, name: &str) -> Yaml {
     kubernetes_objects()
         .into_iter()
         .map(|(_, doc)| doc)
-        .find(|doc| str_at(doc, &["kind"]) == Some(kind) && str_at(doc, &["metadata", "name"]) == Some(name))
+        .find(|doc| {
+            str_at(doc, &["kind"]) == Some(kind) && str_at(doc, &["metadata", "name"]) == Some(name)
+        })
         .unwrap_or_else(|| panic!("no {kind} named {name} in deploy/kubernetes"))
 }
 
@@ -167,7 +170,8 @@ fn configmap_gateway_table() -> toml::Table {
 
 /// Port number of a probe: a number, or the name of one of the container's ports.
 fn probe_port(container: &Yaml, probe: &str) -> u64 {
-    let port = at(container, &[probe, "httpGet", "port"]).unwrap_or_else(|| panic!("{probe} has an httpGet port"));
+    let port = at(container, &[probe, "httpGet", "port"])
+        .unwrap_or_else(|| panic!("{probe} has an httpGet port"));
     if let Some(n) = port.as_u64() {
         return n;
     }
@@ -195,7 +199,10 @@ fn listen_port(listen: &str) -> u64 {
 
 fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::{Digest, Sha256};
-    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 fn promtool_missing_message() -> String {
@@ -206,9 +213,15 @@ fn promtool_missing_message() -> String {
 
 /// Runs promtool with `args` in `dir`; fails the test when promtool is missing.
 fn promtool(dir: &Path, args: &[&str]) -> Output {
-    match Command::new("promtool").args(args).current_dir(dir).output() {
+    match Command::new("promtool")
+        .args(args)
+        .current_dir(dir)
+        .output()
+    {
         Ok(out) => out,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => panic!("{}", promtool_missing_message()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            panic!("{}", promtool_missing_message())
+        }
         Err(e) => panic!("cannot run promtool: {e}"),
     }
 }
@@ -236,7 +249,8 @@ pub fn metric_names_in(text: &str) -> BTreeSet<String> {
             end += 1;
         }
         from = end;
-        let starts_word = start == 0 || !(bytes[start - 1].is_ascii_alphanumeric() || bytes[start - 1] == b'_');
+        let starts_word =
+            start == 0 || !(bytes[start - 1].is_ascii_alphanumeric() || bytes[start - 1] == b'_');
         if !starts_word {
             continue;
         }
@@ -278,7 +292,10 @@ fn dashboard() -> serde_json::Value {
 /// Panels of the dashboard, rows' nested panels included.
 fn dashboard_panels(d: &serde_json::Value) -> Vec<serde_json::Value> {
     let mut out = Vec::new();
-    for p in d["panels"].as_array().expect("dashboard has a panels array") {
+    for p in d["panels"]
+        .as_array()
+        .expect("dashboard has a panels array")
+    {
         out.push(p.clone());
         if let Some(nested) = p["panels"].as_array() {
             out.extend(nested.iter().cloned());
@@ -293,7 +310,10 @@ fn dashboard_panels(d: &serde_json::Value) -> Vec<serde_json::Value> {
 #[test]
 fn deploy_every_yaml_file_parses() {
     let files = files_ending_in(&deploy_dir(), &[".yaml", ".yml"]);
-    assert!(files.len() >= 12, "expected the manifests and Prometheus files, found {files:?}");
+    assert!(
+        files.len() >= 12,
+        "expected the manifests and Prometheus files, found {files:?}"
+    );
     for path in &files {
         let docs = yaml_documents(path);
         assert!(!docs.is_empty(), "{} has no YAML document", path.display());
@@ -303,20 +323,36 @@ fn deploy_every_yaml_file_parses() {
 #[test]
 fn deploy_kubernetes_objects_have_api_version_kind_and_name() {
     let objects = kubernetes_objects();
-    assert!(objects.len() >= 8, "expected at least 8 Kubernetes objects, found {}", objects.len());
+    assert!(
+        objects.len() >= 8,
+        "expected at least 8 Kubernetes objects, found {}",
+        objects.len()
+    );
     for (path, doc) in &objects {
         let file = path.display();
-        assert!(str_at(doc, &["apiVersion"]).is_some_and(|s| !s.is_empty()), "{file}: object without apiVersion");
-        assert!(str_at(doc, &["kind"]).is_some_and(|s| !s.is_empty()), "{file}: object without kind");
+        assert!(
+            str_at(doc, &["apiVersion"]).is_some_and(|s| !s.is_empty()),
+            "{file}: object without apiVersion"
+        );
+        assert!(
+            str_at(doc, &["kind"]).is_some_and(|s| !s.is_empty()),
+            "{file}: object without kind"
+        );
         assert!(
             str_at(doc, &["metadata", "name"]).is_some_and(|s| !s.is_empty()),
             "{file}: {:?} without metadata.name",
             str_at(doc, &["kind"])
         );
         // Namespace-less: the namespace comes from kubectl/kustomize.
-        assert!(at(doc, &["metadata", "namespace"]).is_none(), "{file}: manifests must not pin a namespace");
+        assert!(
+            at(doc, &["metadata", "namespace"]).is_none(),
+            "{file}: manifests must not pin a namespace"
+        );
     }
-    let kinds: BTreeSet<&str> = objects.iter().filter_map(|(_, d)| str_at(d, &["kind"])).collect();
+    let kinds: BTreeSet<&str> = objects
+        .iter()
+        .filter_map(|(_, d)| str_at(d, &["kind"]))
+        .collect();
     for kind in [
         "Deployment",
         "Service",
@@ -325,7 +361,10 @@ fn deploy_kubernetes_objects_have_api_version_kind_and_name() {
         "PodDisruptionBudget",
         "HorizontalPodAutoscaler",
     ] {
-        assert!(kinds.contains(kind), "no {kind} in deploy/kubernetes (found {kinds:?})");
+        assert!(
+            kinds.contains(kind),
+            "no {kind} in deploy/kubernetes (found {kinds:?})"
+        );
     }
 }
 
@@ -341,7 +380,10 @@ fn deploy_kustomization_lists_every_manifest_except_the_secret_example() {
         .map(|r| r.as_str().expect("resource is a path").to_string())
         .collect();
     for r in &listed {
-        assert!(kubernetes_dir().join(r).is_file(), "kustomization lists {r}, which does not exist");
+        assert!(
+            kubernetes_dir().join(r).is_file(),
+            "kustomization lists {r}, which does not exist"
+        );
     }
     for path in files_ending_in(&kubernetes_dir(), &[".yaml", ".yml"]) {
         let name = path.file_name().unwrap().to_str().unwrap().to_string();
@@ -350,9 +392,15 @@ fn deploy_kustomization_lists_every_manifest_except_the_secret_example() {
         }
         if name.contains(".example.") {
             // Applying a placeholder Secret would overwrite the real certificate.
-            assert!(!listed.contains(&name), "{name} is an example and must not be a kustomize resource");
+            assert!(
+                !listed.contains(&name),
+                "{name} is an example and must not be a kustomize resource"
+            );
         } else {
-            assert!(listed.contains(&name), "{name} is not listed in kustomization.yaml");
+            assert!(
+                listed.contains(&name),
+                "{name} is not listed in kustomization.yaml"
+            );
         }
     }
 }
@@ -360,24 +408,48 @@ fn deploy_kustomization_lists_every_manifest_except_the_secret_example() {
 #[test]
 fn deploy_deployment_has_three_replicas_readiness_readyz_and_liveness_healthz() {
     let d = gateway_deployment();
-    assert_eq!(at(&d, &["spec", "replicas"]).and_then(Yaml::as_u64), Some(3));
+    assert_eq!(
+        at(&d, &["spec", "replicas"]).and_then(Yaml::as_u64),
+        Some(3)
+    );
     assert_eq!(
         at(&d, &["spec", "strategy", "rollingUpdate", "maxUnavailable"]).and_then(Yaml::as_u64),
         Some(0),
         "rolling updates must not take a replica away before its successor is ready"
     );
     let c = gateway_container(&d);
-    assert_eq!(str_at(c, &["readinessProbe", "httpGet", "path"]), Some("/readyz"));
-    assert_eq!(str_at(c, &["livenessProbe", "httpGet", "path"]), Some("/healthz"));
-    assert!(at(c, &["startupProbe", "httpGet", "path"]).is_some(), "startupProbe missing");
+    assert_eq!(
+        str_at(c, &["readinessProbe", "httpGet", "path"]),
+        Some("/readyz")
+    );
+    assert_eq!(
+        str_at(c, &["livenessProbe", "httpGet", "path"]),
+        Some("/healthz")
+    );
+    assert!(
+        at(c, &["startupProbe", "httpGet", "path"]).is_some(),
+        "startupProbe missing"
+    );
     for probe in ["readinessProbe", "livenessProbe", "startupProbe"] {
-        assert_eq!(probe_port(c, probe), 9091, "{probe} must hit the admin listener");
+        assert_eq!(
+            probe_port(c, probe),
+            9091,
+            "{probe} must hit the admin listener"
+        );
     }
     // Selector matches the pod labels.
-    let selector = at(&d, &["spec", "selector", "matchLabels"]).and_then(Yaml::as_mapping).expect("selector");
-    let labels = at(&d, &["spec", "template", "metadata", "labels"]).and_then(Yaml::as_mapping).expect("labels");
+    let selector = at(&d, &["spec", "selector", "matchLabels"])
+        .and_then(Yaml::as_mapping)
+        .expect("selector");
+    let labels = at(&d, &["spec", "template", "metadata", "labels"])
+        .and_then(Yaml::as_mapping)
+        .expect("labels");
     for (k, v) in selector {
-        assert_eq!(labels.get(k), Some(v), "pod template lacks selector label {k:?}");
+        assert_eq!(
+            labels.get(k),
+            Some(v),
+            "pod template lacks selector label {k:?}"
+        );
     }
 }
 
@@ -386,14 +458,32 @@ fn deploy_deployment_is_locked_down_and_resourced() {
     let d = gateway_deployment();
     let pod = at(&d, &["spec", "template", "spec"]).expect("pod spec");
     let c = gateway_container(&d);
-    assert_eq!(at(pod, &["securityContext", "runAsNonRoot"]).and_then(Yaml::as_bool), Some(true));
-    assert_eq!(at(pod, &["securityContext", "runAsUser"]).and_then(Yaml::as_u64), Some(10001));
-    assert_eq!(at(c, &["securityContext", "readOnlyRootFilesystem"]).and_then(Yaml::as_bool), Some(true));
-    assert_eq!(at(c, &["securityContext", "allowPrivilegeEscalation"]).and_then(Yaml::as_bool), Some(false));
-    assert_eq!(str_at(c, &["securityContext", "capabilities", "drop", "0"]), Some("ALL"));
+    assert_eq!(
+        at(pod, &["securityContext", "runAsNonRoot"]).and_then(Yaml::as_bool),
+        Some(true)
+    );
+    assert_eq!(
+        at(pod, &["securityContext", "runAsUser"]).and_then(Yaml::as_u64),
+        Some(10001)
+    );
+    assert_eq!(
+        at(c, &["securityContext", "readOnlyRootFilesystem"]).and_then(Yaml::as_bool),
+        Some(true)
+    );
+    assert_eq!(
+        at(c, &["securityContext", "allowPrivilegeEscalation"]).and_then(Yaml::as_bool),
+        Some(false)
+    );
+    assert_eq!(
+        str_at(c, &["securityContext", "capabilities", "drop", "0"]),
+        Some("ALL")
+    );
     for kind in ["requests", "limits"] {
         for res in ["cpu", "memory"] {
-            assert!(at(c, &["resources", kind, res]).is_some(), "resources.{kind}.{res} missing");
+            assert!(
+                at(c, &["resources", kind, res]).is_some(),
+                "resources.{kind}.{res} missing"
+            );
         }
     }
     let env: Vec<&str> = at(c, &["env"])
@@ -402,7 +492,10 @@ fn deploy_deployment_is_locked_down_and_resourced() {
         .flatten()
         .filter_map(|e| str_at(e, &["name"]))
         .collect();
-    assert!(env.contains(&"REDIS_URL"), "REDIS_URL is not set (the ConfigMap uses ${{REDIS_URL}})");
+    assert!(
+        env.contains(&"REDIS_URL"),
+        "REDIS_URL is not set (the ConfigMap uses ${{REDIS_URL}})"
+    );
     let ann = at(&d, &["spec", "template", "metadata", "annotations"]).expect("pod annotations");
     assert_eq!(str_at(ann, &["prometheus.io/scrape"]), Some("true"));
     assert_eq!(
@@ -417,12 +510,22 @@ fn deploy_deployment_termination_grace_covers_pre_stop_and_drain() {
     let d = gateway_deployment();
     let pod = at(&d, &["spec", "template", "spec"]).expect("pod spec");
     let c = gateway_container(&d);
-    let termination = at(pod, &["terminationGracePeriodSeconds"]).and_then(Yaml::as_u64).expect("terminationGracePeriodSeconds");
+    let termination = at(pod, &["terminationGracePeriodSeconds"])
+        .and_then(Yaml::as_u64)
+        .expect("terminationGracePeriodSeconds");
     let pre_stop = at(c, &["lifecycle", "preStop", "exec", "command"])
         .and_then(Yaml::as_sequence)
         .expect("preStop exec command");
-    assert_eq!(pre_stop.first().and_then(Yaml::as_str), Some("sleep"), "preStop should sleep");
-    let sleep: u64 = pre_stop.get(1).and_then(Yaml::as_str).and_then(|s| s.parse().ok()).expect("sleep seconds");
+    assert_eq!(
+        pre_stop.first().and_then(Yaml::as_str),
+        Some("sleep"),
+        "preStop should sleep"
+    );
+    let sleep: u64 = pre_stop
+        .get(1)
+        .and_then(Yaml::as_str)
+        .and_then(|s| s.parse().ok())
+        .expect("sleep seconds");
     let grace = configmap_gateway_table()
         .get("server")
         .and_then(|s| s.get("grace_period_secs"))
@@ -437,14 +540,37 @@ fn deploy_deployment_termination_grace_covers_pre_stop_and_drain() {
 #[test]
 fn deploy_pdb_and_hpa_keep_at_least_two_and_scale_three_to_ten() {
     let pdb = kubernetes_object("PodDisruptionBudget", "wetrials-gateway");
-    assert_eq!(at(&pdb, &["spec", "minAvailable"]).and_then(Yaml::as_u64), Some(2));
+    assert_eq!(
+        at(&pdb, &["spec", "minAvailable"]).and_then(Yaml::as_u64),
+        Some(2)
+    );
     let hpa = kubernetes_object("HorizontalPodAutoscaler", "wetrials-gateway");
     assert_eq!(str_at(&hpa, &["apiVersion"]), Some("autoscaling/v2"));
-    assert_eq!(at(&hpa, &["spec", "minReplicas"]).and_then(Yaml::as_u64), Some(3));
-    assert_eq!(at(&hpa, &["spec", "maxReplicas"]).and_then(Yaml::as_u64), Some(10));
-    assert_eq!(str_at(&hpa, &["spec", "scaleTargetRef", "name"]), Some("wetrials-gateway"));
     assert_eq!(
-        at(&hpa, &["spec", "metrics", "0", "resource", "target", "averageUtilization"]).and_then(Yaml::as_u64),
+        at(&hpa, &["spec", "minReplicas"]).and_then(Yaml::as_u64),
+        Some(3)
+    );
+    assert_eq!(
+        at(&hpa, &["spec", "maxReplicas"]).and_then(Yaml::as_u64),
+        Some(10)
+    );
+    assert_eq!(
+        str_at(&hpa, &["spec", "scaleTargetRef", "name"]),
+        Some("wetrials-gateway")
+    );
+    assert_eq!(
+        at(
+            &hpa,
+            &[
+                "spec",
+                "metrics",
+                "0",
+                "resource",
+                "target",
+                "averageUtilization"
+            ]
+        )
+        .and_then(Yaml::as_u64),
         Some(70)
     );
 }
@@ -453,10 +579,18 @@ fn deploy_pdb_and_hpa_keep_at_least_two_and_scale_three_to_ten() {
 fn deploy_service_selects_the_gateway_pods_and_named_ports() {
     let svc = kubernetes_object("Service", "wetrials-gateway");
     let d = gateway_deployment();
-    let labels = at(&d, &["spec", "template", "metadata", "labels"]).and_then(Yaml::as_mapping).expect("labels");
-    let selector = at(&svc, &["spec", "selector"]).and_then(Yaml::as_mapping).expect("service selector");
+    let labels = at(&d, &["spec", "template", "metadata", "labels"])
+        .and_then(Yaml::as_mapping)
+        .expect("labels");
+    let selector = at(&svc, &["spec", "selector"])
+        .and_then(Yaml::as_mapping)
+        .expect("service selector");
     for (k, v) in selector {
-        assert_eq!(labels.get(k), Some(v), "Service selector {k:?} does not match the pods");
+        assert_eq!(
+            labels.get(k),
+            Some(v),
+            "Service selector {k:?} does not match the pods"
+        );
     }
     let c = gateway_container(&d);
     let ports: BTreeMap<u64, String> = at(&svc, &["spec", "ports"])
@@ -466,10 +600,16 @@ fn deploy_service_selects_the_gateway_pods_and_named_ports() {
         .map(|p| {
             let target = str_at(p, &["targetPort"]).expect("named targetPort");
             container_port(c, target); // panics when the name is not a container port
-            (at(p, &["port"]).and_then(Yaml::as_u64).expect("port"), target.to_string())
+            (
+                at(p, &["port"]).and_then(Yaml::as_u64).expect("port"),
+                target.to_string(),
+            )
         })
         .collect();
-    assert!(ports.contains_key(&8080) && ports.contains_key(&9091), "service ports: {ports:?}");
+    assert!(
+        ports.contains_key(&8080) && ports.contains_key(&9091),
+        "service ports: {ports:?}"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -487,19 +627,36 @@ fn deploy_configmap_gateway_toml_is_valid_toml() {
     };
     let s = |path: &[&str]| get(path).and_then(toml::Value::as_str).map(str::to_string);
     assert_eq!(s(&["rate_limit", "backend"]).as_deref(), Some("redis"));
-    assert_eq!(s(&["rate_limit", "redis_url"]).as_deref(), Some("${REDIS_URL}"));
-    assert!(s(&["server", "listen"]).is_some_and(|l| l.starts_with("0.0.0.0:")), "server must listen on all interfaces");
-    assert!(s(&["admin", "listen"]).is_some_and(|l| l.starts_with("0.0.0.0:")), "admin must listen on all interfaces");
+    assert_eq!(
+        s(&["rate_limit", "redis_url"]).as_deref(),
+        Some("${REDIS_URL}")
+    );
+    assert!(
+        s(&["server", "listen"]).is_some_and(|l| l.starts_with("0.0.0.0:")),
+        "server must listen on all interfaces"
+    );
+    assert!(
+        s(&["admin", "listen"]).is_some_and(|l| l.starts_with("0.0.0.0:")),
+        "admin must listen on all interfaces"
+    );
 
     // Listeners match the container ports.
     let d = gateway_deployment();
     let c = gateway_container(&d);
-    assert_eq!(listen_port(&s(&["server", "listen"]).unwrap()), container_port(c, "https"));
-    assert_eq!(listen_port(&s(&["admin", "listen"]).unwrap()), container_port(c, "admin"));
+    assert_eq!(
+        listen_port(&s(&["server", "listen"]).unwrap()),
+        container_port(c, "https")
+    );
+    assert_eq!(
+        listen_port(&s(&["admin", "listen"]).unwrap()),
+        container_port(c, "admin")
+    );
 
     // TLS files live where the Secret is mounted.
     if get(&["server", "tls"]).is_some() {
-        let mounts = at(c, &["volumeMounts"]).and_then(Yaml::as_sequence).expect("volumeMounts");
+        let mounts = at(c, &["volumeMounts"])
+            .and_then(Yaml::as_sequence)
+            .expect("volumeMounts");
         let tls_dir = mounts
             .iter()
             .find(|m| str_at(m, &["name"]) == Some("tls"))
@@ -507,7 +664,10 @@ fn deploy_configmap_gateway_toml_is_valid_toml() {
             .expect("a `tls` volume mount");
         for key in ["cert_path", "key_path"] {
             let p = s(&["server", "tls", key]).unwrap_or_default();
-            assert!(p.starts_with(&format!("{tls_dir}/")), "server.tls.{key} {p:?} is not under {tls_dir}");
+            assert!(
+                p.starts_with(&format!("{tls_dir}/")),
+                "server.tls.{key} {p:?} is not under {tls_dir}"
+            );
         }
     }
 
@@ -518,22 +678,45 @@ fn deploy_configmap_gateway_toml_is_valid_toml() {
         .iter()
         .filter_map(|u| u.get("name").and_then(toml::Value::as_str))
         .collect();
-    let routes = get(&["routes"]).and_then(toml::Value::as_array).expect("[[routes]]");
+    let routes = get(&["routes"])
+        .and_then(toml::Value::as_array)
+        .expect("[[routes]]");
     let mut names = BTreeSet::new();
     let mut limits = BTreeMap::new();
     let mut scopes = BTreeSet::new();
     for r in routes {
-        let name = r.get("name").and_then(toml::Value::as_str).expect("route name");
+        let name = r
+            .get("name")
+            .and_then(toml::Value::as_str)
+            .expect("route name");
         assert!(names.insert(name), "duplicate route name {name}");
-        let up = r.get("upstream").and_then(toml::Value::as_str).expect("route upstream");
-        assert!(upstreams.contains(up), "route {name}: unknown upstream {up}");
+        let up = r
+            .get("upstream")
+            .and_then(toml::Value::as_str)
+            .expect("route upstream");
+        assert!(
+            upstreams.contains(up),
+            "route {name}: unknown upstream {up}"
+        );
         if let Some(rl) = r.get("rate_limit") {
             let requests = rl.get("requests").and_then(toml::Value::as_integer);
-            let period = rl.get("period").and_then(toml::Value::as_str).map(str::to_string);
-            let path = r.get("path").and_then(toml::Value::as_str).unwrap_or_default().to_string();
+            let period = rl
+                .get("period")
+                .and_then(toml::Value::as_str)
+                .map(str::to_string);
+            let path = r
+                .get("path")
+                .and_then(toml::Value::as_str)
+                .unwrap_or_default()
+                .to_string();
             limits.insert(path, (requests, period));
         }
-        for s in r.get("scopes").and_then(toml::Value::as_array).into_iter().flatten() {
+        for s in r
+            .get("scopes")
+            .and_then(toml::Value::as_array)
+            .into_iter()
+            .flatten()
+        {
             scopes.insert(s.as_str().unwrap_or_default().to_string());
         }
     }
@@ -549,16 +732,50 @@ fn deploy_configmap_gateway_toml_is_valid_toml() {
             "documented limit for {path} is {n} per minute"
         );
     }
-    for scope in ["read:profile", "read:studies", "write:studies", "read:participants", "read:projects", "admin:read"] {
+    for scope in [
+        "read:profile",
+        "read:studies",
+        "write:studies",
+        "read:participants",
+        "read:projects",
+        "admin:read",
+    ] {
         assert!(scopes.contains(scope), "no route requires {scope}");
+    }
+}
+
+/// The production ConfigMap differs from config/gateway.toml only in what is specific to the
+/// cluster (listeners, TLS, Redis, upstream peers): the route table and the issuers are the same.
+#[test]
+fn deploy_configmap_routes_and_issuers_match_config_gateway_toml() {
+    let project_path = repo_root().join("config").join("gateway.toml");
+    let project = toml::from_str::<toml::Table>(&read(&project_path))
+        .unwrap_or_else(|e| panic!("{} is not valid TOML: {e}", project_path.display()));
+    let deployed = configmap_gateway_table();
+    for key in ["routes", "issuers"] {
+        assert_eq!(
+            deployed.get(key),
+            project.get(key),
+            "[[{key}]] in deploy/kubernetes/configmap.yaml differs from config/gateway.toml: copy the \
+             change into the ConfigMap and update the checksum annotation"
+        );
     }
 }
 
 #[test]
 fn deploy_configmap_checksum_annotation_matches_gateway_toml() {
     let d = gateway_deployment();
-    let annotated = str_at(&d, &["spec", "template", "metadata", "annotations", "wetrials.com/config-sha256"])
-        .expect("pod template annotation wetrials.com/config-sha256");
+    let annotated = str_at(
+        &d,
+        &[
+            "spec",
+            "template",
+            "metadata",
+            "annotations",
+            "wetrials.com/config-sha256",
+        ],
+    )
+    .expect("pod template annotation wetrials.com/config-sha256");
     let actual = sha256_hex(configmap_gateway_toml().as_bytes());
     assert_eq!(
         annotated, actual,
@@ -571,11 +788,25 @@ fn deploy_configmap_checksum_annotation_matches_gateway_toml() {
 /// that do not resolve here (in-cluster Service names) become 127.0.0.1 with the same port.
 fn localise_for_check(table: &mut toml::Table, dir: &Path) -> Vec<String> {
     let mut notes = Vec::new();
-    if let Some(tls) = table.get_mut("server").and_then(|s| s.get_mut("tls")).and_then(toml::Value::as_table_mut) {
+    if let Some(tls) = table
+        .get_mut("server")
+        .and_then(|s| s.get_mut("tls"))
+        .and_then(toml::Value::as_table_mut)
+    {
         let cert = dir.join("tls.crt");
         let key = dir.join("tls.key");
         let generated = Command::new("openssl")
-            .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost"])
+            .args([
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-days",
+                "1",
+                "-subj",
+                "/CN=localhost",
+            ])
             .arg("-keyout")
             .arg(&key)
             .arg("-out")
@@ -593,15 +824,25 @@ fn localise_for_check(table: &mut toml::Table, dir: &Path) -> Vec<String> {
         tls.insert("key_path".into(), key.display().to_string().into());
         notes.push(format!("server.tls -> {}", dir.display()));
     }
-    if let Some(ups) = table.get_mut("upstreams").and_then(toml::Value::as_array_mut) {
+    if let Some(ups) = table
+        .get_mut("upstreams")
+        .and_then(toml::Value::as_array_mut)
+    {
         for up in ups {
-            let Some(peers) = up.get_mut("peers").and_then(toml::Value::as_array_mut) else { continue };
+            let Some(peers) = up.get_mut("peers").and_then(toml::Value::as_array_mut) else {
+                continue;
+            };
             for peer in peers {
-                let Some(p) = peer.as_str().map(str::to_string) else { continue };
+                let Some(p) = peer.as_str().map(str::to_string) else {
+                    continue;
+                };
                 if p.to_socket_addrs().is_ok_and(|mut a| a.next().is_some()) {
                     continue;
                 }
-                let port = p.rsplit_once(':').map(|(_, port)| port.to_string()).unwrap_or_default();
+                let port = p
+                    .rsplit_once(':')
+                    .map(|(_, port)| port.to_string())
+                    .unwrap_or_default();
                 let local = format!("127.0.0.1:{port}");
                 notes.push(format!("peer {p} -> {local}"));
                 *peer = local.into();
@@ -619,7 +860,11 @@ fn deploy_configmap_passes_gateway_check() {
     let mut table = configmap_gateway_table();
     let notes = localise_for_check(&mut table, dir.path());
     let file = dir.path().join("gateway.toml");
-    std::fs::write(&file, toml::to_string(&table).expect("serialise gateway.toml")).unwrap();
+    std::fs::write(
+        &file,
+        toml::to_string(&table).expect("serialise gateway.toml"),
+    )
+    .unwrap();
     let out = Command::new(&bin)
         .arg("check")
         .arg("--config")
@@ -639,17 +884,38 @@ fn deploy_configmap_passes_gateway_check() {
 
 #[test]
 fn deploy_promtool_check_rules_passes() {
-    let out = promtool(&deploy_dir().join("prometheus"), &["check", "rules", "alerts.yml"]);
-    assert!(out.status.success(), "promtool check rules alerts.yml failed\n{}", describe(&out));
+    let out = promtool(
+        &deploy_dir().join("prometheus"),
+        &["check", "rules", "alerts.yml"],
+    );
+    assert!(
+        out.status.success(),
+        "promtool check rules alerts.yml failed\n{}",
+        describe(&out)
+    );
 }
 
 #[test]
 fn deploy_promtool_rule_unit_tests_pass() {
-    let out = promtool(&deploy_dir().join("prometheus"), &["test", "rules", "alerts.test.yml"]);
-    assert!(out.status.success(), "promtool test rules alerts.test.yml failed\n{}", describe(&out));
+    let out = promtool(
+        &deploy_dir().join("prometheus"),
+        &["test", "rules", "alerts.test.yml"],
+    );
+    assert!(
+        out.status.success(),
+        "promtool test rules alerts.test.yml failed\n{}",
+        describe(&out)
+    );
 }
 
-const KUBERNETES_SD_ROLES: &[&str] = &["node", "service", "pod", "endpoints", "endpointslice", "ingress"];
+const KUBERNETES_SD_ROLES: &[&str] = &[
+    "node",
+    "service",
+    "pod",
+    "endpoints",
+    "endpointslice",
+    "ingress",
+];
 
 #[test]
 fn deploy_promtool_check_config_passes() {
@@ -662,13 +928,18 @@ fn deploy_promtool_check_config_passes() {
     // kubernetes_sd_configs not found"). Then check everything else as written: each
     // kubernetes_sd_configs block is verified here and swapped for a static target, so promtool
     // still checks the relabelling, rule files and alerting sections.
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(
         text.contains("field kubernetes_sd_configs not found"),
         "promtool check config prometheus.yml failed\n{}",
         describe(&out)
     );
-    let mut config: Yaml = serde_yaml_ng::from_str(&read(&prom_dir.join("prometheus.yml"))).unwrap();
+    let mut config: Yaml =
+        serde_yaml_ng::from_str(&read(&prom_dir.join("prometheus.yml"))).unwrap();
     let jobs = config
         .get_mut("scrape_configs")
         .and_then(Yaml::as_sequence_mut)
@@ -676,18 +947,31 @@ fn deploy_promtool_check_config_passes() {
     let mut swapped = 0;
     for job in jobs.iter_mut() {
         let job = job.as_mapping_mut().expect("scrape config is a mapping");
-        let Some(sd) = job.remove("kubernetes_sd_configs") else { continue };
+        let Some(sd) = job.remove("kubernetes_sd_configs") else {
+            continue;
+        };
         for entry in sd.as_sequence().expect("kubernetes_sd_configs is a list") {
             let role = str_at(entry, &["role"]).expect("kubernetes_sd_configs entry has a role");
-            assert!(KUBERNETES_SD_ROLES.contains(&role), "unknown kubernetes_sd role {role}");
+            assert!(
+                KUBERNETES_SD_ROLES.contains(&role),
+                "unknown kubernetes_sd role {role}"
+            );
         }
-        let static_configs: Yaml = serde_yaml_ng::from_str("[{targets: ['192.0.2.1:9091']}]").unwrap();
+        let static_configs: Yaml =
+            serde_yaml_ng::from_str("[{targets: ['192.0.2.1:9091']}]").unwrap();
         job.insert("static_configs".into(), static_configs);
         swapped += 1;
     }
-    assert!(swapped > 0, "promtool failed on kubernetes_sd_configs but none was found");
+    assert!(
+        swapped > 0,
+        "promtool failed on kubernetes_sd_configs but none was found"
+    );
     let dir = tempfile::tempdir().expect("temp dir");
-    std::fs::write(dir.path().join("prometheus.yml"), serde_yaml_ng::to_string(&config).unwrap()).unwrap();
+    std::fs::write(
+        dir.path().join("prometheus.yml"),
+        serde_yaml_ng::to_string(&config).unwrap(),
+    )
+    .unwrap();
     std::fs::copy(alerts_path(), dir.path().join("alerts.yml")).unwrap();
     let out = promtool(dir.path(), &["check", "config", "prometheus.yml"]);
     assert!(
@@ -700,18 +984,29 @@ fn deploy_promtool_check_config_passes() {
 #[test]
 fn deploy_alert_rules_have_for_severity_and_annotations() {
     let doc = yaml_documents(&alerts_path()).remove(0);
-    let groups = at(&doc, &["groups"]).and_then(Yaml::as_sequence).expect("groups");
+    let groups = at(&doc, &["groups"])
+        .and_then(Yaml::as_sequence)
+        .expect("groups");
     let mut exprs = Vec::new();
     for g in groups {
-        for rule in at(g, &["rules"]).and_then(Yaml::as_sequence).expect("rules") {
+        for rule in at(g, &["rules"])
+            .and_then(Yaml::as_sequence)
+            .expect("rules")
+        {
             let name = str_at(rule, &["alert"]).expect("alerting rules only");
             assert!(str_at(rule, &["for"]).is_some(), "{name}: no `for:`");
             assert!(
-                matches!(str_at(rule, &["labels", "severity"]), Some("critical" | "warning" | "info")),
+                matches!(
+                    str_at(rule, &["labels", "severity"]),
+                    Some("critical" | "warning" | "info")
+                ),
                 "{name}: severity label must be critical, warning or info"
             );
             for a in ["summary", "description"] {
-                assert!(str_at(rule, &["annotations", a]).is_some_and(|s| !s.is_empty()), "{name}: no {a}");
+                assert!(
+                    str_at(rule, &["annotations", a]).is_some_and(|s| !s.is_empty()),
+                    "{name}: no {a}"
+                );
             }
             exprs.push(str_at(rule, &["expr"]).expect("expr").to_string());
         }
@@ -723,11 +1018,17 @@ fn deploy_alert_rules_have_for_severity_and_annotations() {
         ("auth failure spike", "gateway_auth_decisions_total"),
         ("5xx ratio", "gateway_requests_total"),
         ("rate-limit rejections", "gateway_ratelimit_decisions_total"),
-        ("Redis backend errors", "gateway_ratelimit_backend_errors_total"),
+        (
+            "Redis backend errors",
+            "gateway_ratelimit_backend_errors_total",
+        ),
         ("not ready", "gateway_ready"),
         ("config reload failures", "gateway_config_reloads_total"),
     ] {
-        assert!(exprs.iter().any(|e| e.contains(metric)), "no alert on {what} ({metric})");
+        assert!(
+            exprs.iter().any(|e| e.contains(metric)),
+            "no alert on {what} ({metric})"
+        );
     }
 }
 
@@ -737,11 +1038,20 @@ fn deploy_alert_rules_have_for_severity_and_annotations() {
 #[test]
 fn deploy_grafana_dashboard_parses_and_every_panel_has_targets() {
     let d = dashboard();
-    assert!(d["schemaVersion"].as_u64().is_some_and(|v| v >= 36), "schemaVersion: {}", d["schemaVersion"]);
-    assert!(d["uid"].as_str().is_some_and(|u| !u.is_empty()), "dashboard uid");
+    assert!(
+        d["schemaVersion"].as_u64().is_some_and(|v| v >= 36),
+        "schemaVersion: {}",
+        d["schemaVersion"]
+    );
+    assert!(
+        d["uid"].as_str().is_some_and(|u| !u.is_empty()),
+        "dashboard uid"
+    );
     let vars = d["templating"]["list"].as_array().expect("templating.list");
     assert!(
-        vars.iter().any(|v| v["type"] == "datasource" && v["query"] == "prometheus" && v["name"] == "datasource"),
+        vars.iter().any(|v| v["type"] == "datasource"
+            && v["query"] == "prometheus"
+            && v["name"] == "datasource"),
         "a `datasource` variable of type prometheus"
     );
     let panels = dashboard_panels(&d);
@@ -749,12 +1059,23 @@ fn deploy_grafana_dashboard_parses_and_every_panel_has_targets() {
     let mut queries = 0;
     for p in panels.iter().filter(|p| p["type"] != "row") {
         let title = p["title"].as_str().unwrap_or("?");
-        assert!(ids.insert(p["id"].as_u64().expect("panel id")), "duplicate panel id in {title}");
-        let targets = p["targets"].as_array().unwrap_or_else(|| panic!("panel {title} has no targets"));
+        assert!(
+            ids.insert(p["id"].as_u64().expect("panel id")),
+            "duplicate panel id in {title}"
+        );
+        let targets = p["targets"]
+            .as_array()
+            .unwrap_or_else(|| panic!("panel {title} has no targets"));
         assert!(!targets.is_empty(), "panel {title} has no targets");
         for t in targets {
-            assert!(t["expr"].as_str().is_some_and(|e| !e.trim().is_empty()), "panel {title}: empty expr");
-            assert_eq!(t["datasource"]["uid"], "${datasource}", "panel {title}: query not bound to $datasource");
+            assert!(
+                t["expr"].as_str().is_some_and(|e| !e.trim().is_empty()),
+                "panel {title}: empty expr"
+            );
+            assert_eq!(
+                t["datasource"]["uid"], "${datasource}",
+                "panel {title}: query not bound to $datasource"
+            );
             queries += 1;
         }
     }
@@ -768,7 +1089,10 @@ fn deploy_grafana_queries_are_valid_promql() {
     let mut rules = String::from("groups:\n  - name: dashboard\n    rules:\n");
     for (i, p) in dashboard_panels(&d).iter().enumerate() {
         for (j, t) in p["targets"].as_array().into_iter().flatten().enumerate() {
-            let expr = t["expr"].as_str().unwrap_or_default().replace("$__rate_interval", "5m");
+            let expr = t["expr"]
+                .as_str()
+                .unwrap_or_default()
+                .replace("$__rate_interval", "5m");
             rules.push_str(&format!(
                 "      - record: dashboard:panel{i}_{j}\n        expr: {}\n",
                 serde_json::to_string(&expr).unwrap()
@@ -778,7 +1102,11 @@ fn deploy_grafana_queries_are_valid_promql() {
     let dir = tempfile::tempdir().expect("temp dir");
     std::fs::write(dir.path().join("dashboard-rules.yml"), rules).unwrap();
     let out = promtool(dir.path(), &["check", "rules", "dashboard-rules.yml"]);
-    assert!(out.status.success(), "a dashboard query is not valid PromQL\n{}", describe(&out));
+    assert!(
+        out.status.success(),
+        "a dashboard query is not valid PromQL\n{}",
+        describe(&out)
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -790,27 +1118,42 @@ fn deploy_metric_name_extraction_folds_histogram_series() {
         "rate(gateway_request_duration_seconds_bucket[5m]) gateway_request_duration_seconds_count \
          gateway_ratelimit_fallbacks_total{x=\"y\"} wetrials_gateway_not_a_metric wetrials-gateway",
     );
-    let expected: BTreeSet<String> = ["gateway_request_duration_seconds", "gateway_ratelimit_fallbacks_total"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+    let expected: BTreeSet<String> = [
+        "gateway_request_duration_seconds",
+        "gateway_ratelimit_fallbacks_total",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
     assert_eq!(names, expected);
 }
 
 #[test]
 fn deploy_alerts_and_dashboard_use_only_exported_metrics() {
     let used = metric_names_used();
-    assert!(used.len() >= 10, "suspiciously few metric names found: {used:?}");
+    assert!(
+        used.len() >= 10,
+        "suspiciously few metric names found: {used:?}"
+    );
     let exported: BTreeSet<String> = EXPORTED_METRICS.iter().map(|s| s.to_string()).collect();
     let unknown: Vec<&String> = used.difference(&exported).collect();
-    assert!(unknown.is_empty(), "metrics used by alerts.yml / the dashboard but not exported: {unknown:?}");
+    assert!(
+        unknown.is_empty(),
+        "metrics used by alerts.yml / the dashboard but not exported: {unknown:?}"
+    );
 }
 
 #[test]
 fn deploy_dashboard_shows_every_exported_metric() {
     let shown = metric_names_in(&read(&dashboard_path()));
-    let missing: Vec<&&str> = EXPORTED_METRICS.iter().filter(|m| !shown.contains(**m)).collect();
-    assert!(missing.is_empty(), "exported metrics with no dashboard panel: {missing:?}");
+    let missing: Vec<&&str> = EXPORTED_METRICS
+        .iter()
+        .filter(|m| !shown.contains(**m))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "exported metrics with no dashboard panel: {missing:?}"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -823,7 +1166,9 @@ fn one_shot_http(responses: Vec<&'static str>) -> u16 {
     let port = listener.local_addr().unwrap().port();
     std::thread::spawn(move || {
         for status in responses {
-            let Ok((mut conn, _)) = listener.accept() else { return };
+            let Ok((mut conn, _)) = listener.accept() else {
+                return;
+            };
             conn.set_read_timeout(Some(Duration::from_secs(5))).ok();
             let mut buf = [0u8; 1024];
             let mut req = Vec::new();
@@ -835,7 +1180,10 @@ fn one_shot_http(responses: Vec<&'static str>) -> u16 {
             }
             let ok_path = req.starts_with(b"GET /healthz HTTP/1.1\r\n");
             let status = if ok_path { status } else { "400 Bad Request" };
-            let _ = write!(conn, "HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+            let _ = write!(
+                conn,
+                "HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            );
         }
     });
     port
@@ -853,36 +1201,78 @@ fn run_healthcheck(port: u16) -> bool {
 
 #[test]
 fn deploy_docker_healthcheck_passes_only_on_200() {
-    assert!(run_healthcheck(one_shot_http(vec!["200 OK"])), "200 must be healthy");
-    assert!(!run_healthcheck(one_shot_http(vec!["503 Service Unavailable"])), "503 must be unhealthy");
-    assert!(!run_healthcheck(one_shot_http(vec!["500 Internal Server Error"])), "500 must be unhealthy");
+    assert!(
+        run_healthcheck(one_shot_http(vec!["200 OK"])),
+        "200 must be healthy"
+    );
+    assert!(
+        !run_healthcheck(one_shot_http(vec!["503 Service Unavailable"])),
+        "503 must be unhealthy"
+    );
+    assert!(
+        !run_healthcheck(one_shot_http(vec!["500 Internal Server Error"])),
+        "500 must be unhealthy"
+    );
     // A port nobody listens on: bind, note the port, close.
-    let closed = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    assert!(!run_healthcheck(closed), "a refused connection must be unhealthy");
+    let closed = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    assert!(
+        !run_healthcheck(closed),
+        "a refused connection must be unhealthy"
+    );
 }
 
 #[test]
 fn deploy_dockerfile_builds_small_non_root_image() {
     let text = read(&deploy_dir().join("Dockerfile"));
-    let lines: Vec<&str> = text.lines().map(str::trim).filter(|l| !l.starts_with('#')).collect();
+    let lines: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.starts_with('#'))
+        .collect();
     let has = |prefix: &str| lines.iter().any(|l| l.starts_with(prefix));
-    assert!(text.contains("ARG RUST_IMAGE=rust:1-bookworm"), "build stage image");
-    assert!(text.contains("ARG RUNTIME_IMAGE=debian:bookworm-slim"), "runtime image");
-    assert_eq!(lines.iter().filter(|l| l.starts_with("FROM ")).count(), 2, "two stages");
-    assert!(text.contains("cargo build --release --locked"), "locked release build");
+    assert!(
+        text.contains("ARG RUST_IMAGE=rust:1-bookworm"),
+        "build stage image"
+    );
+    assert!(
+        text.contains("ARG RUNTIME_IMAGE=debian:bookworm-slim"),
+        "runtime image"
+    );
+    assert_eq!(
+        lines.iter().filter(|l| l.starts_with("FROM ")).count(),
+        2,
+        "two stages"
+    );
+    assert!(
+        text.contains("cargo build --release --locked"),
+        "locked release build"
+    );
     assert!(text.contains("cmake"), "pingora-core needs cmake to build");
     assert!(has("USER 10001"), "non-root numeric user");
     assert!(has("EXPOSE 8080 9091"));
     assert!(has("STOPSIGNAL SIGTERM"));
     assert!(has("HEALTHCHECK"));
     // Every file copied from the build context exists (docker build would fail otherwise).
-    for l in lines.iter().filter(|l| l.starts_with("COPY ") && !l.contains("--from=")) {
-        let words: Vec<&str> = l.split_whitespace().filter(|w| !w.starts_with("--")).collect();
+    for l in lines
+        .iter()
+        .filter(|l| l.starts_with("COPY ") && !l.contains("--from="))
+    {
+        let words: Vec<&str> = l
+            .split_whitespace()
+            .filter(|w| !w.starts_with("--"))
+            .collect();
         for src in &words[1..words.len() - 1] {
             if *src == "." {
                 continue;
             }
-            assert!(repo_root().join(src).exists(), "Dockerfile copies {src}, which is missing from the repository");
+            assert!(
+                repo_root().join(src).exists(),
+                "Dockerfile copies {src}, which is missing from the repository"
+            );
         }
     }
     let ignore = read(&deploy_dir().join("Dockerfile.dockerignore"));
@@ -896,7 +1286,9 @@ fn deploy_dockerfile_builds_small_non_root_image() {
 
 #[test]
 fn deploy_systemd_unit_reloads_with_sighup_and_is_hardened() {
-    let path = deploy_dir().join("systemd").join("wetrials-gateway.service");
+    let path = deploy_dir()
+        .join("systemd")
+        .join("wetrials-gateway.service");
     let text = read(&path);
     let mut keys: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for line in text.lines().map(str::trim) {
@@ -909,29 +1301,60 @@ fn deploy_systemd_unit_reloads_with_sighup_and_is_hardened() {
     }
     let one = |k: &str| keys.get(k).and_then(|v| v.last()).map(String::as_str);
     assert!(
-        keys.get("ExecReload").is_some_and(|v| v.iter().any(|c| c == "/bin/kill -HUP $MAINPID")),
+        keys.get("ExecReload")
+            .is_some_and(|v| v.iter().any(|c| c == "/bin/kill -HUP $MAINPID")),
         "ExecReload must send SIGHUP"
     );
-    assert!(one("ExecStart").is_some_and(|c| c.contains("--config /etc/wetrials-gateway/gateway.toml")));
+    assert!(
+        one("ExecStart").is_some_and(|c| c.contains("--config /etc/wetrials-gateway/gateway.toml"))
+    );
     assert_eq!(one("KillSignal"), Some("SIGTERM"));
-    let stop: u64 = one("TimeoutStopSec").and_then(|s| s.trim_end_matches('s').parse().ok()).expect("TimeoutStopSec in seconds");
-    assert!(stop > 30, "TimeoutStopSec must exceed the default 30 s drain");
-    for (k, v) in [("NoNewPrivileges", "yes"), ("ProtectSystem", "strict"), ("ProtectHome", "yes"), ("PrivateTmp", "yes")] {
+    let stop: u64 = one("TimeoutStopSec")
+        .and_then(|s| s.trim_end_matches('s').parse().ok())
+        .expect("TimeoutStopSec in seconds");
+    assert!(
+        stop > 30,
+        "TimeoutStopSec must exceed the default 30 s drain"
+    );
+    for (k, v) in [
+        ("NoNewPrivileges", "yes"),
+        ("ProtectSystem", "strict"),
+        ("ProtectHome", "yes"),
+        ("PrivateTmp", "yes"),
+    ] {
         assert_eq!(one(k), Some(v), "{k}");
     }
     assert!(one("LimitNOFILE").is_some());
-    assert!(one("User").is_some() || one("DynamicUser") == Some("yes"), "runs as a dedicated user");
+    assert!(
+        one("User").is_some() || one("DynamicUser") == Some("yes"),
+        "runs as a dedicated user"
+    );
 
     // systemd's own parser, when available, with the binary path pointed at something that exists.
-    if Command::new("systemd-analyze").arg("--version").output().is_ok() {
+    if Command::new("systemd-analyze")
+        .arg("--version")
+        .output()
+        .is_ok()
+    {
         let dir = tempfile::tempdir().expect("temp dir");
         let unit = dir.path().join("wetrials-gateway.service");
-        std::fs::write(&unit, text.replace("/usr/local/bin/wetrials-gateway", "/bin/true")).unwrap();
-        let out = Command::new("systemd-analyze").arg("verify").arg(&unit).output().expect("systemd-analyze");
+        std::fs::write(
+            &unit,
+            text.replace("/usr/local/bin/wetrials-gateway", "/bin/true"),
+        )
+        .unwrap();
+        let out = Command::new("systemd-analyze")
+            .arg("verify")
+            .arg(&unit)
+            .output()
+            .expect("systemd-analyze");
         // verify exits 0 on unparsable values ("Failed to parse ..., ignoring"): any complaint
         // about a line of this unit fails the test.
         let stderr = String::from_utf8_lossy(&out.stderr);
-        let complaints: Vec<&str> = stderr.lines().filter(|l| l.contains("wetrials-gateway.service:")).collect();
+        let complaints: Vec<&str> = stderr
+            .lines()
+            .filter(|l| l.contains("wetrials-gateway.service:"))
+            .collect();
         assert!(
             out.status.success() && complaints.is_empty(),
             "systemd-analyze verify rejected the unit\n{}",
