@@ -112,7 +112,9 @@ pub struct Issuer {
 }
 
 struct Schedule {
-    last_attempt: Option<Instant>,
+    /// Last fetch caused by an unknown `kid` (background refreshes don't count, so a key
+    /// published just after a routine refresh is still picked up at once).
+    last_kid_refetch: Option<Instant>,
     next_due: Instant,
     failures: u32,
 }
@@ -125,7 +127,7 @@ impl Issuer {
             ready: AtomicBool::new(false),
             last_success: AtomicU64::new(0),
             schedule: Mutex::new(Schedule {
-                last_attempt: None,
+                last_kid_refetch: None,
                 next_due: Instant::now(),
                 failures: 0,
             }),
@@ -160,7 +162,6 @@ impl Issuer {
     /// Fetch now and install the result; on failure keep the previous keys and schedule a
     /// retry with backoff (1 s doubling up to the refresh interval).
     pub async fn refresh(&self) -> Result<usize, JwksError> {
-        self.schedule.lock().last_attempt = Some(Instant::now());
         let result = self.fetch().await;
         let now = Instant::now();
         match result {
@@ -203,13 +204,14 @@ impl Issuer {
     /// cooldown. Concurrent callers share one fetch. Returns whether a fetch was made.
     pub async fn refetch_for_unknown_kid(&self) -> bool {
         let _one_at_a_time = self.refetch.lock().await;
-        let recent = self
-            .schedule
-            .lock()
-            .last_attempt
-            .is_some_and(|t| t.elapsed() < self.cfg.unknown_kid_cooldown);
-        if recent {
-            return false;
+        {
+            let mut s = self.schedule.lock();
+            if s.last_kid_refetch
+                .is_some_and(|t| t.elapsed() < self.cfg.unknown_kid_cooldown)
+            {
+                return false;
+            }
+            s.last_kid_refetch = Some(Instant::now());
         }
         let _ = self.refresh().await;
         true

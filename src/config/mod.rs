@@ -3,6 +3,7 @@
 //! problem at once with its location (`check` prints them; `serve` refuses to start).
 
 mod file;
+mod schema;
 mod validate;
 
 pub use file::*;
@@ -35,7 +36,7 @@ pub enum ConfigError {
         #[source]
         source: std::io::Error,
     },
-    #[error("invalid TOML: {0}")]
+    #[error("{0}")]
     Syntax(String),
     #[error("{} problem(s) in the config:\n{}", .0.len(), .0.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
     Invalid(Vec<Problem>),
@@ -73,20 +74,39 @@ pub fn from_str_with(
     env: &dyn Fn(&str) -> Option<String>,
     base_dir: &Path,
 ) -> Result<GatewayConfig, ConfigError> {
-    // First pass straight from the text: toml's errors then carry line, column and key.
-    toml::from_str::<GatewayFile>(raw).map_err(|e| ConfigError::Syntax(e.to_string()))?;
-    // Second pass: substitute `${NAME}` in every string value, then build the file structs.
-    let mut value: toml::Value =
-        toml::from_str(raw).map_err(|e| ConfigError::Syntax(e.to_string()))?;
+    let mut table: toml::Table =
+        toml::from_str(raw).map_err(|e| ConfigError::Syntax(format!("invalid TOML: {e}")))?;
+    // Unknown keys are collected (and removed) first, so they are reported together with
+    // every other problem instead of stopping at the first one.
     let mut problems = Vec::new();
-    substitute_env(&mut value, String::new(), env, &mut problems);
-    if !problems.is_empty() {
-        return Err(ConfigError::Invalid(problems));
+    schema::remove_unknown_keys(&mut table, raw, &mut problems);
+    if problems.is_empty() {
+        // Straight from the text: type errors then carry line, column and key.
+        toml::from_str::<GatewayFile>(raw)
+            .map_err(|e| ConfigError::Syntax(format!("config error: {e}")))?;
     }
-    let file: GatewayFile = value
-        .try_into()
-        .map_err(|e: toml::de::Error| ConfigError::Syntax(e.to_string()))?;
-    validate(&file, base_dir)
+    let mut value = toml::Value::Table(table);
+    substitute_env(&mut value, String::new(), env, &mut problems);
+    let file: GatewayFile = match value.try_into() {
+        Ok(f) => f,
+        Err(e) => {
+            let e: toml::de::Error = e;
+            problems.push(Problem {
+                location: String::new(),
+                message: format!("config error: {}", e.message()),
+            });
+            return Err(ConfigError::Invalid(problems));
+        }
+    };
+    match validate(&file, base_dir) {
+        Ok(cfg) if problems.is_empty() => Ok(cfg),
+        Ok(_) => Err(ConfigError::Invalid(problems)),
+        Err(ConfigError::Invalid(more)) => {
+            problems.extend(more);
+            Err(ConfigError::Invalid(problems))
+        }
+        Err(other) => Err(other),
+    }
 }
 
 fn substitute_env(
@@ -191,6 +211,19 @@ mod tests {
         .to_string();
         assert!(err.contains("lisn"), "{err}");
         assert!(err.contains("line 3"), "{err}");
+    }
+
+    #[test]
+    fn unknown_keys_are_reported_with_every_other_problem() {
+        let raw = "[server]\nlisn = 1\n[[upstreams]]\nname = \"api\"\npeers = [\"127.0.0.1:1\"]\n[[routes]]\nname = \"r\"\npath = \"/x\"\nupstream = \"nope\"\nauth = \"none\"\nscoeps = []\n";
+        let err = from_str_with(raw, &env, Path::new(".")).unwrap_err();
+        let all = err.problems().join("\n");
+        assert!(all.contains("server.lisn: unknown key (line 2)"), "{all}");
+        assert!(
+            all.contains("routes[0] \"r\".scoeps: unknown key (line 11)"),
+            "{all}"
+        );
+        assert!(all.contains("unknown upstream \"nope\""), "{all}");
     }
 
     #[test]

@@ -11,6 +11,35 @@ pub enum PathError {
     BadPercent,
     #[error("path contains a control or NUL character")]
     ControlChar,
+    #[error("path segment could be read as a dot segment by the upstream")]
+    Ambiguous,
+}
+
+impl PathError {
+    /// The same text as `Display`, without allocating.
+    pub fn describe(&self) -> &'static str {
+        match self {
+            PathError::NotAbsolute => "request path must start with '/'",
+            PathError::BadPercent => "malformed percent-encoding in path",
+            PathError::ControlChar => "path contains a control or NUL character",
+            PathError::Ambiguous => "path segment could be read as a dot segment by the upstream",
+        }
+    }
+}
+
+/// A segment that some servers would still read as `.` or `..`: with a path parameter
+/// (`..;x`, Tomcat), or holding an encoded or back slash next to dots (`..%2F`, `..\`).
+fn is_ambiguous(segment: &str) -> bool {
+    let unified = segment
+        .replace("%2F", "/")
+        .replace("%5C", "/")
+        .replace('\\', "/");
+    unified
+        .split('/')
+        .map(|part| part.split(';').next().unwrap_or(""))
+        .any(|part| part == "." || part == "..")
+        && segment != "."
+        && segment != ".."
 }
 
 fn is_unreserved(b: u8) -> bool {
@@ -82,6 +111,9 @@ pub fn normalize_path(raw: &str) -> Result<std::borrow::Cow<'_, str>, PathError>
                 i += ch_len;
             }
         }
+        if is_ambiguous(&out) {
+            return Err(PathError::Ambiguous);
+        }
         match out.as_str() {
             "" | "." => {}
             ".." => {
@@ -149,7 +181,6 @@ fn is_canonical(b: &[u8]) -> bool {
                     | b'*'
                     | b'+'
                     | b','
-                    | b';'
                     | b'='
                     | b':'
                     | b'@'
@@ -208,6 +239,23 @@ mod tests {
     fn normalize_encoded_slash_stays_data() {
         assert_eq!(n("/v1/studies/a%2fb"), "/v1/studies/a%2Fb");
         assert_eq!(n("/v1/studies%2F1"), "/v1/studies%2F1");
+    }
+
+    #[test]
+    fn normalize_segments_other_servers_read_as_dots_are_refused() {
+        for bad in [
+            "/v1/public/..;/admin/x",
+            "/v1/public/.;x/admin",
+            "/v1/public/..%2Fadmin",
+            "/v1/public/..%2fadmin",
+            "/v1/public/..%5Cadmin",
+            "/v1/public/..\\admin",
+            "/v1/%2e%2e;/admin",
+        ] {
+            assert_eq!(normalize_path(bad), Err(PathError::Ambiguous), "{bad}");
+        }
+        assert_eq!(n("/v1/a;b=c/x"), "/v1/a;b=c/x");
+        assert_eq!(n("/v1/..x/y"), "/v1/..x/y");
     }
 
     #[test]

@@ -106,17 +106,7 @@ impl Gateway {
         let req = session.req_header();
         // 1. which route?
         let raw_path = req.uri.path();
-        let path = normalize_path(raw_path).map_err(|e| match e {
-            crate::policy::PathError::NotAbsolute => {
-                Reject::BadPath("request path must start with '/'")
-            }
-            crate::policy::PathError::BadPercent => {
-                Reject::BadPath("malformed percent-encoding in path")
-            }
-            crate::policy::PathError::ControlChar => {
-                Reject::BadPath("path contains a control character")
-            }
-        })?;
+        let path = normalize_path(raw_path).map_err(|e| Reject::BadPath(e.describe()))?;
         let route = snap
             .routes
             .find(&req.method, &path)
@@ -622,14 +612,18 @@ impl ProxyHttp for Gateway {
             .and_then(|a| a.as_inet())
             .map(|a| a.ip().to_string());
         if let Some(ip) = peer_ip {
-            let xff = match up
-                .headers
-                .get("x-forwarded-for")
-                .and_then(|v| v.to_str().ok())
-            {
-                Some(prev) if !prev.trim().is_empty() => format!("{prev}, {ip}"),
-                _ => ip,
-            };
+            // Every inbound X-Forwarded-For value, in order, then the peer.
+            let mut xff = String::new();
+            for v in up.headers.get_all("x-forwarded-for") {
+                let v = String::from_utf8_lossy(v.as_bytes());
+                let v = v.trim();
+                if !v.is_empty() {
+                    xff.push_str(v);
+                    xff.push_str(", ");
+                }
+            }
+            xff.push_str(&ip);
+            up.remove_header("x-forwarded-for");
             up.insert_header("x-forwarded-for", xff)?;
         }
         up.insert_header("x-forwarded-proto", if self.tls { "https" } else { "http" })?;
@@ -698,6 +692,8 @@ impl ProxyHttp for Gateway {
             ctx.outcome = Outcome::UpstreamFailed;
         }
         if code > 0 && session.response_written().is_none() {
+            // The connection is not reused after a failure: say so instead of resetting it.
+            session.set_keepalive(None);
             if ctx.request_id.is_empty() {
                 ctx.request_id = uuid::Uuid::new_v4().simple().to_string();
             }
