@@ -5,10 +5,9 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
-use parking_lot::Mutex;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use tracing::{error, info, warn};
@@ -22,8 +21,11 @@ pub struct Reloader {
     http: reqwest::Client,
     metrics: Arc<Metrics>,
     /// One reload at a time.
-    lock: Mutex<()>,
+    lock: tokio::sync::Mutex<()>,
 }
+
+/// Longest a reload waits for the keys of a new or changed issuer before swapping anyway.
+const WARM_UP_LIMIT: Duration = Duration::from_secs(5);
 
 impl Reloader {
     pub fn new(
@@ -37,26 +39,47 @@ impl Reloader {
             state,
             http,
             metrics,
-            lock: Mutex::new(()),
+            lock: tokio::sync::Mutex::new(()),
         }
     }
 
-    /// Re-read the file; `Err` lists every problem (the running config stays).
-    pub fn reload(&self) -> Result<(), Vec<String>> {
-        let _one = self.lock.lock();
-        let result = crate::config::load(&self.path)
-            .map_err(|e| e.problems())
-            .and_then(|cfg| {
-                let current = self.state.load_full();
-                if cfg.server != current.config.server || cfg.admin != current.config.admin {
-                    warn!("server/admin settings changed: listeners, TLS and threads take effect after a restart");
-                }
-                Snapshot::build(cfg, Some(&current), &self.http, &self.metrics).map_err(|e| vec![e.to_string()])
-            });
+    /// Re-read the file; `Err` lists every problem (the running config stays). Issuers that
+    /// are new or changed their key source get their keys fetched before the swap, so their
+    /// tokens are never answered 503 in between.
+    pub async fn reload(&self) -> Result<(), Vec<String>> {
+        let _one = self.lock.lock().await;
+        let path = self.path.clone();
+        // Reading the file and resolving peer names may block: not on an async worker.
+        let loaded = tokio::task::spawn_blocking(move || crate::config::load(&path))
+            .await
+            .map_err(|e| vec![format!("config loader failed: {e}")])
+            .and_then(|r| r.map_err(|e| e.problems()));
+        let current = self.state.load_full();
+        let result = loaded.and_then(|cfg| {
+            if cfg.server != current.config.server || cfg.admin != current.config.admin {
+                warn!("server/admin settings changed: listeners, TLS and threads take effect after a restart");
+            }
+            Snapshot::build(cfg, Some(&current), &self.http, &self.metrics).map_err(|e| vec![e.to_string()])
+        });
         match result {
             Ok(snap) => {
+                snap.warm_up(&self.http, WARM_UP_LIMIT).await;
+                for i in snap.auth.issuers().iter().filter(|i| !i.is_ready()) {
+                    warn!(issuer = %i.name(), "reloaded without keys for this issuer yet; its tokens get 503 until they load");
+                }
                 let routes = snap.routes.len();
+                let kept: Vec<String> = snap
+                    .auth
+                    .issuers()
+                    .iter()
+                    .map(|i| i.name().to_string())
+                    .collect();
                 self.state.store(Arc::new(snap));
+                for old in current.auth.issuers() {
+                    if !kept.iter().any(|k| k == old.name()) {
+                        self.metrics.forget_issuer(old.name());
+                    }
+                }
                 self.metrics.config_reloads.with_label_values(&["ok"]).inc();
                 let unix = SystemTime::now()
                     .duration_since(UNIX_EPOCH)
@@ -101,9 +124,7 @@ impl BackgroundService for SighupListener {
                 got = hup.recv() => {
                     if got.is_none() { return; }
                     info!("SIGHUP received; reloading config");
-                    let reloader = self.reloader.clone();
-                    // Building a snapshot is synchronous work; keep it off the async workers.
-                    let _ = tokio::task::spawn_blocking(move || reloader.reload()).await;
+                    let _ = self.reloader.reload().await;
                 }
             }
         }

@@ -62,6 +62,12 @@ pub fn build_parts(
         .build()
         .map_err(|e| BuildError::Http(e.to_string()))?;
 
+    let listen = cfg.server.listen.clone();
+    let admin_listen = cfg.admin.listen.clone();
+    let tls = cfg.server.tls.clone();
+    let h2c = cfg.server.h2c;
+    let access_log = cfg.logging.access_log;
+    let threads = cfg.server.threads;
     let mut conf = ServerConf {
         threads: cfg.server.threads,
         upstream_keepalive_pool_size: cfg.server.upstream_keepalive_pool_size,
@@ -72,21 +78,18 @@ pub fn build_parts(
     };
     conf.upgrade_sock = cfg.server.upgrade_sock.clone();
     conf.pid_file = cfg.server.pid_file.clone();
+    let snapshot = Snapshot::build(cfg, None, &http, &metrics)?;
+    // Fetch the keys before taking the listeners: a fresh instance is ready sooner, and one
+    // taking over from a running instance (--upgrade) never answers 503 while its keys load.
+    prefetch_keys(&snapshot);
+    let state: SharedState = Arc::new(ArcSwap::from_pointee(snapshot));
+
     let opt = Opt {
         upgrade,
         ..Opt::default()
     };
     let mut server = Server::new_with_opt_and_conf(opt, conf);
     server.bootstrap();
-
-    let listen = cfg.server.listen.clone();
-    let admin_listen = cfg.admin.listen.clone();
-    let tls = cfg.server.tls.clone();
-    let h2c = cfg.server.h2c;
-    let access_log = cfg.logging.access_log;
-    let threads = cfg.server.threads;
-    let snapshot = Snapshot::build(cfg, None, &http, &metrics)?;
-    let state: SharedState = Arc::new(ArcSwap::from_pointee(snapshot));
 
     let gateway = Gateway::new(state.clone(), metrics.clone(), access_log, tls.is_some());
     let mut proxy =
@@ -150,6 +153,31 @@ pub fn build_parts(
         state,
         metrics,
     })
+}
+
+/// Longest start-up waits for the first keys before serving anyway (503 for JWT routes and
+/// `/readyz` until the background refresher gets them).
+const PREFETCH_LIMIT: Duration = Duration::from_secs(10);
+
+fn prefetch_keys(snapshot: &Snapshot) {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot prefetch keys; the refresher will load them");
+            return;
+        }
+    };
+    // A client of its own: pooled connections belong to the runtime that made them.
+    let Ok(http) = reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(3))
+        .build()
+    else {
+        return;
+    };
+    runtime.block_on(snapshot.warm_up(&http, PREFETCH_LIMIT));
 }
 
 /// pingora sleeps the whole grace period after SIGTERM; we exit as soon as no request is

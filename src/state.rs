@@ -47,7 +47,13 @@ impl Snapshot {
             .iter()
             .map(|cfg| match old_issuers.get(cfg.name.as_str()) {
                 Some(old) if old.cfg == *cfg => Arc::clone(old),
-                _ => Arc::new(Issuer::new(cfg.clone(), http.clone(), metrics.clone())),
+                Some(old) => Arc::new(Issuer::successor(
+                    cfg.clone(),
+                    old,
+                    http.clone(),
+                    metrics.clone(),
+                )),
+                None => Arc::new(Issuer::new(cfg.clone(), http.clone(), metrics.clone())),
             })
             .collect();
         let auth = Authenticator::new(issuers, TOKEN_CACHE_CAPACITY, metrics.clone());
@@ -92,6 +98,31 @@ impl Snapshot {
     pub fn ready(&self) -> bool {
         self.auth.ready()
     }
+
+    /// Fetch the keys of every issuer that has none yet, concurrently, within `limit`.
+    pub async fn warm_up(&self, http: &reqwest::Client, limit: std::time::Duration) {
+        let fetches = self
+            .auth
+            .issuers()
+            .iter()
+            .filter(|i| !i.is_ready())
+            .map(|i| i.refresh_using(http));
+        let _ = tokio::time::timeout(limit, futures_join_all(fetches)).await;
+    }
+}
+
+async fn futures_join_all<F: std::future::Future>(futs: impl Iterator<Item = F>) {
+    let mut set: Vec<std::pin::Pin<Box<F>>> = futs.map(Box::pin).collect();
+    // Poll all to completion concurrently without an extra dependency.
+    std::future::poll_fn(|cx| {
+        set.retain_mut(|f| f.as_mut().poll(cx).is_pending());
+        if set.is_empty() {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
+    })
+    .await
 }
 
 pub fn limiter_config(s: &RateLimitSettings) -> RateLimiterConfig {

@@ -41,6 +41,7 @@ pub fn init(settings: &LoggingSettings) {
     } else {
         tracing_subscriber::fmt::layer()
             .with_target(true)
+            .with_ansi(std::io::stderr().is_terminal())
             .with_writer(std::io::stderr)
             .boxed()
     };

@@ -219,6 +219,12 @@ impl Metrics {
         }
     }
 
+    /// Drop the per-issuer series of an issuer a reload removed.
+    pub fn forget_issuer(&self, issuer: &str) {
+        let _ = self.jwks_keys.remove_label_values(&[issuer]);
+        let _ = self.jwks_last_success.remove_label_values(&[issuer]);
+    }
+
     pub fn auth(&self, issuer: &str, result: &str) {
         self.auth_decisions
             .with_label_values(&[issuer, result])

@@ -20,6 +20,9 @@ pub struct AdminApp {
     state: SharedState,
     metrics: Arc<Metrics>,
     reloader: Option<Arc<Reloader>>,
+    /// Readiness opens after every issuer had keys once and never closes: a later JWKS
+    /// outage or a reload adding an issuer must not pull every replica out of the balancer.
+    ready_latch: std::sync::atomic::AtomicBool,
 }
 
 impl AdminApp {
@@ -28,7 +31,20 @@ impl AdminApp {
             state,
             metrics,
             reloader,
+            ready_latch: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    fn ready(&self, snap: &crate::state::Snapshot) -> bool {
+        use std::sync::atomic::Ordering;
+        if self.ready_latch.load(Ordering::Acquire) {
+            return true;
+        }
+        let now = snap.ready();
+        if now {
+            self.ready_latch.store(true, Ordering::Release);
+        }
+        now
     }
 }
 
@@ -74,7 +90,7 @@ impl ServeHttp for AdminApp {
                         )
                     })
                     .collect();
-                let ready = snap.ready();
+                let ready = self.ready(&snap);
                 self.metrics.ready.set(i64::from(ready));
                 let status = if ready {
                     StatusCode::OK
@@ -88,7 +104,8 @@ impl ServeHttp for AdminApp {
             }
             (Method::GET, "/metrics") => {
                 let snap = self.state.load();
-                self.metrics.ready.set(i64::from(snap.ready()));
+                let ready = self.ready(&snap);
+                self.metrics.ready.set(i64::from(ready));
                 self.metrics
                     .token_cache_entries
                     .set(snap.auth.cached_tokens() as i64);
@@ -103,7 +120,7 @@ impl ServeHttp for AdminApp {
                     StatusCode::NOT_FOUND,
                     serde_json::json!({"error": "not_found", "error_description": "this gateway has no config file to reload"}),
                 ),
-                Some(r) => match r.reload() {
+                Some(r) => match r.reload().await {
                     Ok(()) => json(StatusCode::OK, serde_json::json!({"status": "reloaded"})),
                     Err(problems) => json(
                         StatusCode::UNPROCESSABLE_ENTITY,

@@ -137,6 +137,28 @@ impl Issuer {
         }
     }
 
+    /// The issuer under a changed config: when the key source is the same, it starts with the
+    /// old keys and readiness (a reload that changes, say, `leeway_secs` must not make its
+    /// tokens wait for a fetch); otherwise it starts empty.
+    pub fn successor(
+        cfg: IssuerConfig,
+        old: &Issuer,
+        http: reqwest::Client,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        let same_source = cfg.jwks == old.cfg.jwks;
+        let next = Issuer::new(cfg, http, metrics);
+        if same_source && old.is_ready() {
+            next.keys.store(old.keys.load_full());
+            next.ready.store(true, Ordering::Release);
+            next.last_success
+                .store(old.last_success.load(Ordering::Relaxed), Ordering::Relaxed);
+            let due = old.schedule.lock().next_due;
+            next.schedule.lock().next_due = due;
+        }
+        next
+    }
+
     pub fn name(&self) -> &str {
         &self.cfg.name
     }
@@ -162,7 +184,13 @@ impl Issuer {
     /// Fetch now and install the result; on failure keep the previous keys and schedule a
     /// retry with backoff (1 s doubling up to the refresh interval).
     pub async fn refresh(&self) -> Result<usize, JwksError> {
-        let result = self.fetch().await;
+        self.refresh_using(&self.http).await
+    }
+
+    /// `refresh` with another HTTP client: for fetching before the server's runtimes exist
+    /// (a client's pooled connections belong to the runtime that made them).
+    pub async fn refresh_using(&self, http: &reqwest::Client) -> Result<usize, JwksError> {
+        let result = self.fetch(http).await;
         let now = Instant::now();
         match result {
             Ok((keys, max_age)) => {
@@ -237,9 +265,12 @@ impl Issuer {
         }));
     }
 
-    async fn fetch(&self) -> Result<(Vec<VerifyKey>, Option<Duration>), JwksError> {
+    async fn fetch(
+        &self,
+        http: &reqwest::Client,
+    ) -> Result<(Vec<VerifyKey>, Option<Duration>), JwksError> {
         let (body, max_age) = match &self.cfg.jwks {
-            JwksSource::Url(url) => self.get(url).await?,
+            JwksSource::Url(url) => self.get(http, url).await?,
             JwksSource::File(path) => {
                 let body = tokio::fs::read(path)
                     .await
@@ -250,7 +281,7 @@ impl Issuer {
                 (body, None)
             }
             JwksSource::Discovery(url) => {
-                let (doc, _) = self.get(url).await?;
+                let (doc, _) = self.get(http, url).await?;
                 let doc: Value = serde_json::from_slice(&doc)
                     .map_err(|e| JwksError::Discovery(format!("not JSON: {e}")))?;
                 if let Some(iss) = doc.get("issuer").and_then(Value::as_str) {
@@ -266,7 +297,7 @@ impl Issuer {
                     .and_then(Value::as_str)
                     .filter(|u| u.starts_with("https://") || u.starts_with("http://"))
                     .ok_or_else(|| JwksError::Discovery("no http(s) jwks_uri".into()))?;
-                self.get(jwks_uri).await?
+                self.get(http, jwks_uri).await?
             }
         };
         let (keys, skipped) = parse_jwks(&body)?;
@@ -279,9 +310,12 @@ impl Issuer {
         Ok((keys, max_age))
     }
 
-    async fn get(&self, url: &str) -> Result<(Vec<u8>, Option<Duration>), JwksError> {
-        let mut resp = self
-            .http
+    async fn get(
+        &self,
+        http: &reqwest::Client,
+        url: &str,
+    ) -> Result<(Vec<u8>, Option<Duration>), JwksError> {
+        let mut resp = http
             .get(url)
             .header(
                 http::header::ACCEPT,
