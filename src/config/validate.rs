@@ -691,13 +691,13 @@ fn route(
                 c.push(format!("{rat}.requests"), "must be at least 1");
             }
             match humantime::parse_duration(&rule.period) {
-                Ok(d) if d >= Duration::from_secs(1) && d <= Duration::from_secs(31 * 86_400) => {
+                Ok(d) if d >= Duration::from_secs(1) && d <= Duration::from_secs(24 * 86_400) => {
                     limits.push(LimitSpec {
                         requests: rule.requests,
                         period: d,
                     })
                 }
-                Ok(_) => c.push(format!("{rat}.period"), "must be between 1s and 31 days"),
+                Ok(_) => c.push(format!("{rat}.period"), "must be between 1s and 24 days"),
                 Err(_) => c.push(
                     format!("{rat}.period"),
                     format!(
@@ -741,6 +741,11 @@ fn route(
                     "has no effect on an auth = \"none\" route",
                 );
             }
+        }
+    }
+    if let Err(e) = crate::ratelimit::RateLimiter::validate_limits(&limits) {
+        if !limits.is_empty() {
+            c.push(format!("{at}.rate_limit"), e.to_string());
         }
     }
     if c.problems.len() != before {
