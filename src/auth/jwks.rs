@@ -393,20 +393,10 @@ fn b64(s: &str) -> Option<Vec<u8>> {
         .ok()
 }
 
+/// A JWK's `alg`: only the asymmetric algorithms the gateway verifies with.
 fn parse_alg(s: &str) -> Option<Algorithm> {
-    use Algorithm::*;
-    Some(match s {
-        "RS256" => RS256,
-        "RS384" => RS384,
-        "RS512" => RS512,
-        "PS256" => PS256,
-        "PS384" => PS384,
-        "PS512" => PS512,
-        "ES256" => ES256,
-        "ES384" => ES384,
-        "EdDSA" => EdDSA,
-        _ => return None,
-    })
+    super::jwt::algorithm_named(s)
+        .filter(|a| !matches!(a, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512))
 }
 
 /// Parse a JWKS document: the usable keys, and a reason for each key skipped.

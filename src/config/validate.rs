@@ -415,28 +415,15 @@ fn rate_limit_settings(f: &RateLimitFile, c: &mut Collector) -> RateLimitSetting
 }
 
 fn parse_algorithm(s: &str) -> Result<Algorithm, String> {
-    Ok(match s {
-        "RS256" => Algorithm::RS256,
-        "RS384" => Algorithm::RS384,
-        "RS512" => Algorithm::RS512,
-        "PS256" => Algorithm::PS256,
-        "PS384" => Algorithm::PS384,
-        "PS512" => Algorithm::PS512,
-        "ES256" => Algorithm::ES256,
-        "ES384" => Algorithm::ES384,
-        "EdDSA" => Algorithm::EdDSA,
-        "none" => return Err("\"none\" is never allowed".into()),
-        s if s.starts_with("HS") => {
-            return Err(format!(
-                "{s:?}: HMAC algorithms are not allowed with public keys"
-            ))
-        }
-        other => {
-            return Err(format!(
-                "{other:?} is not a supported algorithm (RS*, PS*, ES256, ES384, EdDSA)"
-            ))
-        }
-    })
+    match s {
+        "none" => Err("\"none\" is never allowed".into()),
+        s if s.starts_with("HS") => Err(format!(
+            "{s:?}: HMAC algorithms are not allowed with public keys"
+        )),
+        s => crate::auth::jwt::algorithm_named(s).ok_or_else(|| {
+            format!("{s:?} is not a supported algorithm (RS*, PS*, ES256, ES384, EdDSA)")
+        }),
+    }
 }
 
 fn is_http_url(s: &str) -> bool {
