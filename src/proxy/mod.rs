@@ -325,6 +325,18 @@ impl Gateway {
                 None => return Err(Reject::BadBody("malformed Content-Length")),
             }
         }
+        // A client waiting for `100 Continue` would otherwise wait (curl: 1 s) before sending.
+        let expects_continue = req
+            .headers
+            .get(http::header::EXPECT)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+        if expects_continue {
+            session
+                .as_downstream_mut()
+                .write_continue_response()
+                .await
+                .map_err(|_| Reject::BadBody("could not answer Expect: 100-continue"))?;
+        }
         session.enable_retry_buffering();
         let mut body = Vec::new();
         loop {
@@ -588,6 +600,11 @@ impl ProxyHttp for Gateway {
             up.set_uri(uri);
         }
         strip_request_headers(up);
+        if session.as_ref().get_retry_buffer().is_some() {
+            // We read the body (and answered any `Expect: 100-continue`); the upstream gets
+            // it whole, so it must not answer another 100.
+            up.remove_header(&http::header::EXPECT);
+        }
         if let Some(p) = &ctx.principal {
             if let Some(sub) = &p.sub {
                 if let Ok(v) = http::HeaderValue::from_str(sub) {
@@ -652,6 +669,9 @@ impl ProxyHttp for Gateway {
         resp: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        if resp.status.is_informational() {
+            return Ok(());
+        }
         resp.insert_header("x-request-id", ctx.request_id.as_str())?;
         if let (Some(route), Some(d)) = (&ctx.route, &ctx.rate) {
             add_rate_headers(resp, route, d)?;
@@ -698,7 +718,11 @@ impl ProxyHttp for Gateway {
                 ctx.request_id = uuid::Uuid::new_v4().simple().to_string();
             }
             let body: Bytes = json_error(error, description);
-            if let Ok(h) = reject::error_header(code, &ctx.request_id, body.len()) {
+            if let Ok(mut h) = reject::error_header(code, &ctx.request_id, body.len()) {
+                // An admitted request on a limited route was counted: say how many are left.
+                if let (Some(route), Some(d)) = (&ctx.route, &ctx.rate) {
+                    let _ = add_rate_headers(&mut h, route, d);
+                }
                 if session
                     .write_response_header(Box::new(h), false)
                     .await
