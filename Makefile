@@ -30,7 +30,7 @@ lint:
 
 test: deps lint
 	$(CARGO) run --locked -q -- check --config config/gateway.toml
-	$(CARGO) test --locked --all-targets
+	$(CARGO) test --locked
 
 check-config:
 	$(CARGO) run --locked -q -- check --config config/gateway.toml

