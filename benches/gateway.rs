@@ -35,6 +35,8 @@ type Res<T> = Result<T, String>;
 
 const GATEWAY_BIN: &str = env!("CARGO_BIN_EXE_wetrials-gateway");
 const CONNECTIONS: u32 = 64;
+/// A row whose proxy CPU was used this much (%) by other processes is flagged as disturbed.
+const NOISY_OTHER_PCT: f64 = 5.0;
 const ISSUER: &str = "https://auth.bench.local";
 const AUDIENCE: &str = "https://api.wetrials.com";
 const SCOPE: &str = "read:studies";
@@ -2020,7 +2022,7 @@ fn print_report(rows: &[Row], walk: &Walk, walk_count: usize, rounds: usize, sec
         .filter(|(_, s)| s.other_pct.is_finite())
         .max_by(|a, b| a.1.other_pct.total_cmp(&b.1.other_pct));
     if let Some((id, s)) = worst {
-        if s.other_pct > 5.0 {
+        if s.other_pct > NOISY_OTHER_PCT {
             notes.push(format!(
                 "the machine was busy: other processes used up to {:.0}% of the proxy's CPU during a measured run (row {id}, round {}); compare rows within a round (the per-round ratios below) or rerun on a quiet machine",
                 s.other_pct, s.round
@@ -2045,7 +2047,9 @@ fn print_report(rows: &[Row], walk: &Walk, walk_count: usize, rounds: usize, sec
     }
 
     // Targets.
-    println!("\nTargets (issue 5):");
+    println!(
+        "\nTargets (issue 5; '?' = a row involved had oth% > {NOISY_OTHER_PCT}%, rerun on a quiet machine):"
+    );
     let valid = |id: &str| -> Result<f64, String> {
         match rows.iter().find(|r| r.id == id) {
             None => Err(format!("row {id} missing")),
@@ -2071,12 +2075,23 @@ fn print_report(rows: &[Row], walk: &Walk, walk_count: usize, rounds: usize, sec
             .collect();
         format!("; per round {}", ratios.join(" "))
     };
+    // A verdict whose rows ran on a disturbed CPU is marked with `?`.
+    let disturbed = |ids: &[&str]| {
+        ids.iter()
+            .any(|id| find(id).is_some_and(|r| r.median(|s| s.other_pct) > NOISY_OTHER_PCT))
+    };
+    let verdict = |ok: bool, noisy: bool| match (ok, noisy) {
+        (true, false) => "PASS ",
+        (false, false) => "FAIL ",
+        (true, true) => "PASS?",
+        (false, true) => "FAIL?",
+    };
     let ratio_check = |name: &str, a: &str, b: &str, min: f64| match (valid(a), valid(b)) {
         (Ok(x), Ok(y)) => {
             let ratio = x / y;
             println!(
-                "  {}  {name}: {x:.0} / {y:.0} = {ratio:.3} (need ≥ {min}{})",
-                if ratio >= min { "PASS" } else { "FAIL" },
+                "  {} {name}: {x:.0} / {y:.0} = {ratio:.3} (need ≥ {min}{})",
+                verdict(ratio >= min, disturbed(&[a, b])),
                 paired(a, b)
             );
         }
@@ -2095,8 +2110,8 @@ fn print_report(rows: &[Row], walk: &Walk, walk_count: usize, rounds: usize, sec
             let p4 = find("4").map(Row::p99).unwrap_or(f64::NAN);
             let d = p7 - p4;
             println!(
-                "  {}  p99(row 7) − p99(row 4) ≤ 100 µs: {p7:.0} − {p4:.0} = {d:.0} µs",
-                if d <= 100.0 { "PASS" } else { "FAIL" }
+                "  {} p99(row 7) − p99(row 4) ≤ 100 µs: {p7:.0} − {p4:.0} = {d:.0} µs",
+                verdict(d <= 100.0, disturbed(&["7", "4"]))
             );
         }
         (Err(e), _) | (_, Err(e)) => println!("  n/a   p99(row 7) − p99(row 4): {e}"),

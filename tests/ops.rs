@@ -1439,8 +1439,16 @@ async fn reload_keeps_jwks_unless_the_key_source_changes() {
         "a changed issuer lost its keys"
     );
     tokio::time::sleep(Duration::from_millis(1200)).await;
-    assert_eq!(other.fetch_count(), other_before, "leeway change refetched `other`");
-    assert_eq!(li.fetch_count(), main_before, "unchanged issuer `main` was refetched");
+    assert_eq!(
+        other.fetch_count(),
+        other_before,
+        "leeway change refetched `other`"
+    );
+    assert_eq!(
+        li.fetch_count(),
+        main_before,
+        "unchanged issuer `main` was refetched"
+    );
 
     // `other` changes its key source (discovery instead of jwks_uri): fetched before the
     // reload answers, so its tokens never see a 503.
@@ -1460,7 +1468,11 @@ async fn reload_keeps_jwks_unless_the_key_source_changes() {
         gw.get_with_token("/v1/studies/1", &other_tok).await.status,
         200
     );
-    assert_eq!(li.fetch_count(), main_before, "unchanged issuer `main` was refetched");
+    assert_eq!(
+        li.fetch_count(),
+        main_before,
+        "unchanged issuer `main` was refetched"
+    );
     assert_eq!(reloads(&gw, "ok").await, 3.0);
 }
 
