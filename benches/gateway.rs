@@ -1669,6 +1669,7 @@ struct Walk {
     rss_before_kib: Option<u64>,
     rss_kib: Option<u64>,
     cached: Option<f64>,
+    limiter_keys: Option<f64>,
     misses: Option<f64>,
 }
 
@@ -1693,6 +1694,7 @@ fn walk_tokens(
         rss_before_kib: rss_kib(pid),
         rss_kib: None,
         cached: None,
+        limiter_keys: None,
         misses: None,
     };
     let miss0 = metric(admin, "gateway_token_cache_requests_total{result=\"miss\"}");
@@ -1748,6 +1750,7 @@ fn walk_tokens(
     std::thread::sleep(Duration::from_secs(1));
     walk.rss_kib = rss_kib(pid);
     walk.cached = metric(admin, "gateway_token_cache_entries");
+    walk.limiter_keys = metric(admin, "gateway_ratelimit_keys");
     let miss1 = metric(admin, "gateway_token_cache_requests_total{result=\"miss\"}");
     walk.misses = match (miss0, miss1) {
         (Some(a), Some(b)) => Some(b - a),
@@ -2138,13 +2141,14 @@ fn print_report(rows: &[Row], walk: &Walk, walk_count: usize, rounds: usize, sec
                 "FAIL"
             };
             println!(
-                "  {verdict}  RSS < 64 MiB after {walk_count} distinct tokens and limiter keys: {mib:.1} MiB (before the walk {}; {} requests, {} non-2xx; token cache entries {}, cache misses during the walk {})",
+                "  {verdict}  RSS < 64 MiB after {walk_count} distinct tokens and limiter keys: {mib:.1} MiB (before the walk {}; {} requests, {} non-2xx; token cache entries {}, limiter keys {}, cache misses during the walk {})",
                 walk.rss_before_kib
                     .map(|k| format!("{:.1} MiB", k as f64 / 1024.0))
                     .unwrap_or_else(|| "?".into()),
                 walk.requests,
                 walk.non2xx,
                 walk.cached.map(|c| format!("{c:.0}")).unwrap_or_else(|| "?".into()),
+                walk.limiter_keys.map(|c| format!("{c:.0}")).unwrap_or_else(|| "?".into()),
                 walk.misses.map(|c| format!("{c:.0}")).unwrap_or_else(|| "?".into()),
             );
         }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
-use crate::admin::Metrics;
+use crate::admin::{Metrics, RouteMetrics};
 use crate::auth::{Authenticator, Issuer};
 use crate::config::{GatewayConfig, RateLimitBackendSetting, RateLimitSettings};
 use crate::policy::{Route, RouteTable};
@@ -20,6 +20,13 @@ pub const TOKEN_CACHE_CAPACITY: u64 = 200_000;
 
 pub struct Snapshot {
     pub config: GatewayConfig,
+    /// Metric handles per route (by `Route::index`), plus `no_route` for unmatched requests.
+    pub route_metrics: Vec<RouteMetrics>,
+    pub no_route_metrics: RouteMetrics,
+    /// `gateway_upstream_duration_seconds` per upstream (by index).
+    pub upstream_durations: Vec<prometheus::Histogram>,
+    /// `gateway_auth_decisions_total{result="ok"}` per issuer (by index).
+    pub auth_ok: Vec<prometheus::IntCounter>,
     pub routes: RouteTable,
     pub auth: Authenticator,
     pub upstreams: Vec<Arc<Upstream>>,
@@ -73,11 +80,30 @@ impl Snapshot {
             config
                 .routes
                 .iter()
-                .map(|r| {
-                    Route::from_config(r, index.get(r.upstream.as_str()).copied().unwrap_or(0))
+                .enumerate()
+                .map(|(i, r)| {
+                    Route::from_config(r, i, index.get(r.upstream.as_str()).copied().unwrap_or(0))
                 })
                 .collect(),
         );
+        let route_metrics = routes
+            .iter()
+            .map(|r| metrics.route_handles(&r.name))
+            .collect();
+        let no_route_metrics = metrics.route_handles("_none");
+        let upstream_durations = upstreams
+            .iter()
+            .map(|u| {
+                metrics
+                    .upstream_duration
+                    .with_label_values(&[u.name.as_str()])
+            })
+            .collect();
+        let auth_ok = auth
+            .issuers()
+            .iter()
+            .map(|i| metrics.auth_decisions.with_label_values(&[i.name(), "ok"]))
+            .collect();
 
         let limiter = match previous {
             Some(prev) if prev.config.rate_limit == config.rate_limit => prev.limiter.clone(),
@@ -88,6 +114,10 @@ impl Snapshot {
         };
         Ok(Snapshot {
             config,
+            route_metrics,
+            no_route_metrics,
+            upstream_durations,
+            auth_ok,
             routes,
             auth,
             upstreams,

@@ -45,9 +45,14 @@ pub fn init(settings: &LoggingSettings) {
             .with_writer(std::io::stderr)
             .boxed()
     };
-    let _ = tracing_subscriber::registry()
+    let installed = tracing_subscriber::registry()
         .with(layer.with_filter(filter).with_filter(filter_fn(is_safe)))
         .try_init();
+    if installed.is_ok() {
+        // `log` records (pingora's) above INFO are dropped by `is_safe` anyway: stop them at
+        // the macro instead of formatting and dispatching each one (measured: ~2% of CPU).
+        log::set_max_level(log::LevelFilter::Info);
+    }
 }
 
 #[cfg(test)]

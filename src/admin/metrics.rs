@@ -225,9 +225,65 @@ impl Metrics {
         let _ = self.jwks_last_success.remove_label_values(&[issuer]);
     }
 
+    /// Handles of one route's series, resolved once per config instead of per request.
+    pub fn route_handles(&self, route: &str) -> RouteMetrics {
+        RouteMetrics {
+            route: route.to_string(),
+            duration: self.request_duration.with_label_values(&[route]),
+            allowed: self
+                .ratelimit_decisions
+                .with_label_values(&[route, "allowed"]),
+            limited: self
+                .ratelimit_decisions
+                .with_label_values(&[route, "limited"]),
+            limiter_error: self
+                .ratelimit_decisions
+                .with_label_values(&[route, "error"]),
+            requests: parking_lot::RwLock::new(Vec::new()),
+            family: self.requests.clone(),
+        }
+    }
+
     pub fn auth(&self, issuer: &str, result: &str) {
         self.auth_decisions
             .with_label_values(&[issuer, result])
             .inc();
+    }
+}
+
+/// One route's metric handles. `requests` resolves each (method, status) pair once.
+pub struct RouteMetrics {
+    route: String,
+    pub duration: prometheus::Histogram,
+    pub allowed: IntCounter,
+    pub limited: IntCounter,
+    pub limiter_error: IntCounter,
+    requests: parking_lot::RwLock<Vec<(&'static str, u16, IntCounter)>>,
+    family: IntCounterVec,
+}
+
+impl RouteMetrics {
+    /// Count a request answered with `status`.
+    pub fn request(&self, method: &'static str, status: u16) {
+        if let Some((_, _, c)) = self
+            .requests
+            .read()
+            .iter()
+            .find(|(m, s, _)| *s == status && *m == method)
+        {
+            c.inc();
+            return;
+        }
+        let code = http::StatusCode::from_u16(status)
+            .map(|s| s.as_str().to_string())
+            .unwrap_or_else(|_| status.to_string());
+        let counter = self
+            .family
+            .with_label_values(&[self.route.as_str(), method, code.as_str()]);
+        counter.inc();
+        let mut all = self.requests.write();
+        if !all.iter().any(|(m, s, _)| *s == status && *m == method) {
+            all.push((method, status, counter));
+        }
     }
 }

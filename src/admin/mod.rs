@@ -11,7 +11,7 @@ use http::{Method, Response, StatusCode};
 use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 
-pub use metrics::Metrics;
+pub use metrics::{Metrics, RouteMetrics};
 
 use crate::reload::Reloader;
 use crate::state::SharedState;

@@ -10,13 +10,16 @@ pub mod refresher;
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use moka::sync::Cache;
 use sha2::{Digest, Sha256};
 
 pub use bearer::BearerToken;
 pub use jwks::{Issuer, JwksError, KeySet, VerifyKey};
+
+/// Longest an entry stays in the verified-token cache (each hit also checks `exp`).
+const CACHE_TTL: Duration = Duration::from_secs(3600);
 
 use crate::admin::Metrics;
 
@@ -74,47 +77,29 @@ impl AuthError {
     }
 }
 
-/// The verified caller.
+/// The verified caller. Kept compact: one allocation per field at most, since up to
+/// `TOKEN_CACHE_CAPACITY` of them live in the verified-token cache.
 #[derive(Debug)]
 pub struct Principal {
-    /// Issuer *name* (config), for logs and metrics.
+    /// Issuer *name* (config), for logs and metrics; shared with the issuer.
     pub issuer: Arc<str>,
     pub issuer_index: usize,
-    pub sub: Option<String>,
+    pub sub: Option<Box<str>>,
     /// `client_id`, else `azp`.
-    pub client_id: Option<String>,
-    pub scopes: Vec<String>,
-    /// `X-Auth-Scopes` value, built once.
-    pub scopes_header: String,
+    pub client_id: Option<Box<str>>,
+    /// Granted scopes, space-separated (also the `X-Auth-Scopes` value).
+    pub scopes: Box<str>,
     pub exp: u64,
     pub strip_authorization: bool,
-}
-
-struct Cached {
-    principal: Arc<Principal>,
+    /// The issuer's key-set generation this was verified under.
     generation: u64,
-    /// When the entry must leave the cache: the token's `exp`.
-    expires: Instant,
-}
-
-struct ExpireAtExp;
-
-impl moka::Expiry<[u8; 32], Arc<Cached>> for ExpireAtExp {
-    fn expire_after_create(
-        &self,
-        _k: &[u8; 32],
-        v: &Arc<Cached>,
-        now: Instant,
-    ) -> Option<Duration> {
-        Some(v.expires.saturating_duration_since(now))
-    }
 }
 
 /// All issuers plus the verified-token cache. Built at start-up and on every reload.
 pub struct Authenticator {
     issuers: Vec<Arc<Issuer>>,
     by_iss: HashMap<String, usize>,
-    cache: Cache<[u8; 32], Arc<Cached>>,
+    cache: Cache<[u8; 32], Arc<Principal>>,
     metrics: Arc<Metrics>,
 }
 
@@ -127,7 +112,9 @@ impl Authenticator {
             .collect();
         let cache = Cache::builder()
             .max_capacity(cache_capacity)
-            .expire_after(ExpireAtExp)
+            // Each hit checks the token's own `exp`; the TTL only bounds how long an expired
+            // entry may occupy memory (cheaper than a per-entry expiry timer).
+            .time_to_live(CACHE_TTL)
             .build();
         Authenticator {
             issuers,
@@ -160,20 +147,19 @@ impl Authenticator {
         let digest: [u8; 32] = Sha256::digest(token.0.as_bytes()).into();
         let now = jwt::now_secs();
         if let Some(hit) = self.cache.get(&digest) {
-            let issuer = &self.issuers[hit.principal.issuer_index];
-            let fresh = now
-                <= hit
-                    .principal
-                    .exp
-                    .saturating_add(issuer.cfg.leeway.as_secs());
+            let issuer = &self.issuers[hit.issuer_index];
+            let fresh = now <= hit.exp.saturating_add(issuer.cfg.leeway.as_secs());
             if fresh && hit.generation == issuer.generation() {
                 self.metrics.token_cache(true);
-                return Ok(hit.principal.clone());
+                return Ok(hit);
             }
             self.cache.invalidate(&digest);
         }
         self.metrics.token_cache(false);
 
+        // Only tokens that passed every check are cached, so the character check of RFC 6750
+        // is needed on a miss only.
+        bearer::check_chars(token.0)?;
         let unverified = jwt::parse(token.0)?;
         let iss = unverified.iss.as_deref().ok_or(AuthError::WrongIssuer)?;
         let &index = self.by_iss.get(iss).ok_or(AuthError::WrongIssuer)?;
@@ -227,27 +213,19 @@ impl Authenticator {
             .as_ref()
             .and_then(|v| v.as_u64())
             .ok_or(AuthError::InvalidClaims("token has no exp claim"))?;
-        let scopes = claims.scopes();
+        let scopes = claims.scopes().join(" ").into_boxed_str();
         let principal = Arc::new(Principal {
-            issuer: Arc::from(issuer.cfg.name.as_str()),
+            issuer: issuer.name_arc(),
             issuer_index: index,
-            sub: claims.sub.clone(),
-            client_id: claims.client_id.clone().or_else(|| claims.azp.clone()),
-            scopes_header: scopes.join(" "),
+            sub: claims.sub.map(String::into_boxed_str),
+            client_id: claims.client_id.or(claims.azp).map(String::into_boxed_str),
             scopes,
             exp,
             strip_authorization: issuer.cfg.strip_authorization,
+            generation,
         });
-        let remaining = exp.saturating_sub(now);
-        if remaining > 0 {
-            self.cache.insert(
-                digest,
-                Arc::new(Cached {
-                    principal: principal.clone(),
-                    generation,
-                    expires: Instant::now() + Duration::from_secs(remaining),
-                }),
-            );
+        if exp > now {
+            self.cache.insert(digest, principal.clone());
         }
         Ok(principal)
     }

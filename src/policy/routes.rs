@@ -98,6 +98,8 @@ impl PathTemplate {
 /// A route as the request path uses it.
 #[derive(Debug)]
 pub struct Route {
+    /// Position in the file (and in the snapshot's per-route metric handles).
+    pub index: usize,
     pub name: String,
     pub methods: Option<Vec<Method>>,
     pub path: PathTemplate,
@@ -116,7 +118,7 @@ pub struct Route {
 }
 
 impl Route {
-    pub fn from_config(cfg: &RouteConfig, upstream: usize) -> Self {
+    pub fn from_config(cfg: &RouteConfig, index: usize, upstream: usize) -> Self {
         let limit_policy = cfg
             .limits
             .iter()
@@ -124,6 +126,7 @@ impl Route {
             .collect::<Vec<_>>()
             .join(", ");
         Route {
+            index,
             name: cfg.name.clone(),
             methods: cfg.methods.clone(),
             path: cfg.path.clone(),
@@ -231,6 +234,7 @@ mod tests {
 
     fn route(name: &str, methods: Option<Vec<Method>>, path: &str) -> Route {
         Route {
+            index: 0,
             name: name.into(),
             methods,
             path: t(path),

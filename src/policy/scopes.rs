@@ -34,9 +34,9 @@ impl RequiredScopes {
         self.all.is_empty() && self.any.is_empty()
     }
 
-    /// `granted` is the token's scope list.
-    pub fn check<S: AsRef<str>>(&self, granted: &[S]) -> Result<(), MissingScopes> {
-        let has = |want: &String| granted.iter().any(|g| g.as_ref() == want);
+    /// `granted` is the token's scopes, space-separated.
+    pub fn check(&self, granted: &str) -> Result<(), MissingScopes> {
+        let has = |want: &String| granted.split(' ').any(|g| g == want);
         let all_ok = self.all.iter().all(has);
         let any_ok = self.any.is_empty() || self.any.iter().any(has);
         if all_ok && any_ok {
@@ -58,19 +58,19 @@ mod tests {
     #[test]
     fn scopes_all_required() {
         let r = RequiredScopes::new(s(&["read:studies", "read:participants"]), vec![]);
-        assert!(r.check(&["read:participants", "read:studies", "x"]).is_ok());
-        let e = r.check(&["read:studies"]).unwrap_err();
+        assert!(r.check("read:participants read:studies x").is_ok());
+        let e = r.check("read:studies").unwrap_err();
         assert_eq!(e.0, "read:studies read:participants");
-        assert!(r.check::<&str>(&[]).is_err());
+        assert!(r.check("").is_err());
     }
 
     #[test]
     fn scopes_any_needs_one() {
         let r = RequiredScopes::new(vec![], s(&["admin:read", "read:studies"]));
-        assert!(r.check(&["read:studies"]).is_ok());
-        assert!(r.check(&["admin:read"]).is_ok());
+        assert!(r.check("read:studies").is_ok());
+        assert!(r.check("admin:read").is_ok());
         assert_eq!(
-            r.check(&["read:profile"]).unwrap_err().0,
+            r.check("read:profile").unwrap_err().0,
             "admin:read read:studies"
         );
     }
@@ -79,12 +79,12 @@ mod tests {
     fn scopes_prefix_of_a_scope_does_not_count() {
         let r = RequiredScopes::new(s(&["admin:write"]), vec![]);
         assert!(r
-            .check(&["admin:writer", "admin:wr", "ADMIN:WRITE"])
+            .check("admin:writer admin:wr ADMIN:WRITE")
             .is_err());
     }
 
     #[test]
     fn scopes_none_required_always_pass() {
-        assert!(RequiredScopes::default().check::<&str>(&[]).is_ok());
+        assert!(RequiredScopes::default().check("").is_ok());
     }
 }

@@ -136,13 +136,13 @@ impl Gateway {
             if let Err(missing) = route.scopes.check(&principal.scopes) {
                 self.metrics.auth(&principal.issuer, "insufficient_scope");
                 ctx.auth_result = "insufficient_scope";
-                ctx.client_id = principal.client_id.clone();
                 ctx.principal = Some(principal);
                 return Err(Reject::Scope(missing));
             }
-            self.metrics.auth(&principal.issuer, "ok");
+            if let Some(ok) = snap.auth_ok.get(principal.issuer_index) {
+                ok.inc();
+            }
             ctx.auth_result = "ok";
-            ctx.client_id = principal.client_id.clone();
             ctx.principal = Some(principal);
         } else {
             ctx.auth_result = "public";
@@ -154,13 +154,12 @@ impl Gateway {
             match snap.limiter.check(&route.name, &route.limits, &key).await {
                 Ok(decision) => {
                     let allowed = decision.allowed;
-                    self.metrics
-                        .ratelimit_decisions
-                        .with_label_values(&[
-                            route.name.as_str(),
-                            if allowed { "allowed" } else { "limited" },
-                        ])
-                        .inc();
+                    let handles = &snap.route_metrics[route.index];
+                    if allowed {
+                        handles.allowed.inc();
+                    } else {
+                        handles.limited.inc();
+                    }
                     let retry = decision.retry_after.map(ceil_secs).unwrap_or(1).max(1);
                     ctx.rate = Some(decision);
                     if !allowed {
@@ -170,10 +169,7 @@ impl Gateway {
                     }
                 }
                 Err(e) => {
-                    self.metrics
-                        .ratelimit_decisions
-                        .with_label_values(&[route.name.as_str(), "error"])
-                        .inc();
+                    snap.route_metrics[route.index].limiter_error.inc();
                     warn!(route = %route.name, error = %e, "rate limiter unavailable; failing closed");
                     return Err(Reject::LimiterUnavailable);
                 }
@@ -252,7 +248,10 @@ impl Gateway {
         for source in &route.limit_key {
             let req = session.req_header();
             let value = match source {
-                KeySource::Sub => ctx.principal.as_ref().and_then(|p| p.sub.clone()),
+                KeySource::Sub => ctx
+                    .principal
+                    .as_ref()
+                    .and_then(|p| p.sub.as_deref().map(str::to_string)),
                 KeySource::Ip => ctx.client_ip.map(|ip| ip.to_string()),
                 KeySource::Header(name) => req
                     .headers
@@ -266,7 +265,10 @@ impl Gateway {
                 ),
                 KeySource::Query(name) => clientkey::query_param(req.uri.query(), name),
                 KeySource::ClientId => {
-                    let from_token = ctx.principal.as_ref().and_then(|p| p.client_id.clone());
+                    let from_token = ctx
+                        .principal
+                        .as_ref()
+                        .and_then(|p| p.client_id.as_deref().map(str::to_string));
                     let from_basic = || {
                         req.headers
                             .get(AUTHORIZATION)
@@ -616,7 +618,7 @@ impl ProxyHttp for Gateway {
                     up.insert_header("x-auth-client-id", v)?;
                 }
             }
-            if let Ok(v) = http::HeaderValue::from_str(&p.scopes_header) {
+            if let Ok(v) = http::HeaderValue::from_str(&p.scopes) {
                 up.insert_header("x-auth-scopes", v)?;
             }
             if p.strip_authorization {
@@ -654,11 +656,7 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         if let (Some(start), Some(route)) = (ctx.upstream_start.take(), &ctx.route) {
-            let name = ctx.snap.upstreams[route.upstream].name.as_str();
-            self.metrics
-                .upstream_duration
-                .with_label_values(&[name])
-                .observe(start.elapsed().as_secs_f64());
+            ctx.snap.upstream_durations[route.upstream].observe(start.elapsed().as_secs_f64());
         }
         Ok(())
     }
@@ -767,15 +765,12 @@ impl ProxyHttp for Gateway {
             .unwrap_or("_none");
         let method = method_label(&session.req_header().method);
         let elapsed = ctx.start.elapsed();
-        let status_label = status.to_string();
-        self.metrics
-            .requests
-            .with_label_values(&[route, method, status_label.as_str()])
-            .inc();
-        self.metrics
-            .request_duration
-            .with_label_values(&[route])
-            .observe(elapsed.as_secs_f64());
+        let handles = match &ctx.route {
+            Some(r) => &ctx.snap.route_metrics[r.index],
+            None => &ctx.snap.no_route_metrics,
+        };
+        handles.request(method, status);
+        handles.duration.observe(elapsed.as_secs_f64());
         if self.access_log {
             let upstream = ctx
                 .route
@@ -807,7 +802,11 @@ impl ProxyHttp for Gateway {
                 outcome,
                 auth = ctx.auth_result,
                 issuer,
-                client_id = ctx.client_id.as_deref().unwrap_or("-"),
+                client_id = ctx
+                    .client_id
+                    .as_deref()
+                    .or_else(|| ctx.principal.as_ref().and_then(|p| p.client_id.as_deref()))
+                    .unwrap_or("-"),
                 subject = sub,
                 client_ip = %ctx.client_ip.map(|i| i.to_string()).unwrap_or_else(|| "-".into()),
                 error,
