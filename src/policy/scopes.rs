@@ -78,9 +78,7 @@ mod tests {
     #[test]
     fn scopes_prefix_of_a_scope_does_not_count() {
         let r = RequiredScopes::new(s(&["admin:write"]), vec![]);
-        assert!(r
-            .check("admin:writer admin:wr ADMIN:WRITE")
-            .is_err());
+        assert!(r.check("admin:writer admin:wr ADMIN:WRITE").is_err());
     }
 
     #[test]
