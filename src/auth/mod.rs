@@ -10,16 +10,12 @@ pub mod refresher;
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use moka::sync::Cache;
 use sha2::{Digest, Sha256};
 
 pub use bearer::BearerToken;
 pub use jwks::{Issuer, JwksError, KeySet, VerifyKey};
-
-/// Longest an entry stays in the verified-token cache (each hit also checks `exp`).
-const CACHE_TTL: Duration = Duration::from_secs(3600);
 
 use crate::admin::Metrics;
 
@@ -77,22 +73,56 @@ impl AuthError {
     }
 }
 
-/// The verified caller. Kept compact: one allocation per field at most, since up to
-/// `TOKEN_CACHE_CAPACITY` of them live in the verified-token cache.
+/// The verified caller. Kept compact — its three strings share one allocation — since up
+/// to `TOKEN_CACHE_CAPACITY` of them live in the verified-token cache.
 #[derive(Debug)]
 pub struct Principal {
     /// Issuer *name* (config), for logs and metrics; shared with the issuer.
     pub issuer: Arc<str>,
     pub issuer_index: usize,
-    pub sub: Option<Box<str>>,
-    /// `client_id`, else `azp`.
-    pub client_id: Option<Box<str>>,
-    /// Granted scopes, space-separated (also the `X-Auth-Scopes` value).
-    pub scopes: Box<str>,
     pub exp: u64,
     pub strip_authorization: bool,
     /// The issuer's key-set generation this was verified under.
     generation: u64,
+    /// `sub`, then `client_id`, then the space-separated scopes.
+    text: Box<str>,
+    sub_len: Option<u32>,
+    client_id_len: Option<u32>,
+}
+
+impl Principal {
+    fn pack(
+        sub: Option<&str>,
+        client_id: Option<&str>,
+        scopes: &str,
+    ) -> (Box<str>, Option<u32>, Option<u32>) {
+        let mut text = String::with_capacity(
+            sub.map_or(0, str::len) + client_id.map_or(0, str::len) + scopes.len(),
+        );
+        text.push_str(sub.unwrap_or(""));
+        text.push_str(client_id.unwrap_or(""));
+        text.push_str(scopes);
+        let len = |s: Option<&str>| s.map(|s| s.len() as u32);
+        (text.into_boxed_str(), len(sub), len(client_id))
+    }
+
+    /// The token's `sub`.
+    pub fn sub(&self) -> Option<&str> {
+        self.sub_len.map(|n| &self.text[..n as usize])
+    }
+
+    /// The token's `client_id`, else `azp`.
+    pub fn client_id(&self) -> Option<&str> {
+        let start = self.sub_len.unwrap_or(0) as usize;
+        self.client_id_len
+            .map(|n| &self.text[start..start + n as usize])
+    }
+
+    /// Granted scopes, space-separated (also the `X-Auth-Scopes` value).
+    pub fn scopes(&self) -> &str {
+        let start = (self.sub_len.unwrap_or(0) + self.client_id_len.unwrap_or(0)) as usize;
+        &self.text[start..]
+    }
 }
 
 /// All issuers plus the verified-token cache. Built at start-up and on every reload.
@@ -112,9 +142,9 @@ impl Authenticator {
             .collect();
         let cache = Cache::builder()
             .max_capacity(cache_capacity)
-            // Each hit checks the token's own `exp`; the TTL only bounds how long an expired
-            // entry may occupy memory (cheaper than a per-entry expiry timer).
-            .time_to_live(CACHE_TTL)
+            // No TTL or per-entry timer (each costs memory per entry): every hit checks the
+            // token's own `exp`, expired entries are dropped when hit, and the capacity bounds
+            // what stays.
             .build();
         Authenticator {
             issuers,
@@ -213,20 +243,56 @@ impl Authenticator {
             .as_ref()
             .and_then(|v| v.as_u64())
             .ok_or(AuthError::InvalidClaims("token has no exp claim"))?;
-        let scopes = claims.scopes().join(" ").into_boxed_str();
+        let scopes = claims.scopes().join(" ");
+        let client_id = claims.client_id.as_deref().or(claims.azp.as_deref());
+        let (text, sub_len, client_id_len) =
+            Principal::pack(claims.sub.as_deref(), client_id, &scopes);
         let principal = Arc::new(Principal {
             issuer: issuer.name_arc(),
             issuer_index: index,
-            sub: claims.sub.map(String::into_boxed_str),
-            client_id: claims.client_id.or(claims.azp).map(String::into_boxed_str),
-            scopes,
             exp,
             strip_authorization: issuer.cfg.strip_authorization,
             generation,
+            text,
+            sub_len,
+            client_id_len,
         });
         if exp > now {
             self.cache.insert(digest, principal.clone());
         }
         Ok(principal)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn principal_packs_and_reads_its_strings() {
+        let (text, s, c) = Principal::pack(Some("user-1"), Some("app"), "read:a write:b");
+        let p = Principal {
+            issuer: Arc::from("i"),
+            issuer_index: 0,
+            exp: 0,
+            strip_authorization: false,
+            generation: 0,
+            text,
+            sub_len: s,
+            client_id_len: c,
+        };
+        assert_eq!(p.sub(), Some("user-1"));
+        assert_eq!(p.client_id(), Some("app"));
+        assert_eq!(p.scopes(), "read:a write:b");
+        let (text, s, c) = Principal::pack(None, Some(""), "");
+        let q = Principal {
+            text,
+            sub_len: s,
+            client_id_len: c,
+            ..p
+        };
+        assert_eq!(q.sub(), None);
+        assert_eq!(q.client_id(), Some(""));
+        assert_eq!(q.scopes(), "");
     }
 }

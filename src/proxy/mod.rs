@@ -133,7 +133,7 @@ impl Gateway {
                 }
             };
             // 2b. may it use this route?
-            if let Err(missing) = route.scopes.check(&principal.scopes) {
+            if let Err(missing) = route.scopes.check(principal.scopes()) {
                 self.metrics.auth(&principal.issuer, "insufficient_scope");
                 ctx.auth_result = "insufficient_scope";
                 ctx.principal = Some(principal);
@@ -251,7 +251,7 @@ impl Gateway {
                 KeySource::Sub => ctx
                     .principal
                     .as_ref()
-                    .and_then(|p| p.sub.as_deref().map(str::to_string)),
+                    .and_then(|p| p.sub().map(str::to_string)),
                 KeySource::Ip => ctx.client_ip.map(|ip| ip.to_string()),
                 KeySource::Header(name) => req
                     .headers
@@ -268,7 +268,7 @@ impl Gateway {
                     let from_token = ctx
                         .principal
                         .as_ref()
-                        .and_then(|p| p.client_id.as_deref().map(str::to_string));
+                        .and_then(|p| p.client_id().map(str::to_string));
                     let from_basic = || {
                         req.headers
                             .get(AUTHORIZATION)
@@ -608,17 +608,17 @@ impl ProxyHttp for Gateway {
             up.remove_header(&http::header::EXPECT);
         }
         if let Some(p) = &ctx.principal {
-            if let Some(sub) = &p.sub {
+            if let Some(sub) = p.sub() {
                 if let Ok(v) = http::HeaderValue::from_str(sub) {
                     up.insert_header("x-auth-subject", v)?;
                 }
             }
-            if let Some(cid) = &p.client_id {
+            if let Some(cid) = p.client_id() {
                 if let Ok(v) = http::HeaderValue::from_str(cid) {
                     up.insert_header("x-auth-client-id", v)?;
                 }
             }
-            if let Ok(v) = http::HeaderValue::from_str(&p.scopes) {
+            if let Ok(v) = http::HeaderValue::from_str(p.scopes()) {
                 up.insert_header("x-auth-scopes", v)?;
             }
             if p.strip_authorization {
@@ -783,11 +783,7 @@ impl ProxyHttp for Gateway {
                 Outcome::Rejected(r) => r,
                 Outcome::UpstreamFailed => "upstream_failed",
             };
-            let sub = ctx
-                .principal
-                .as_ref()
-                .and_then(|p| p.sub.as_deref())
-                .unwrap_or("-");
+            let sub = ctx.principal.as_ref().and_then(|p| p.sub()).unwrap_or("-");
             let issuer = ctx.principal.as_ref().map(|p| &*p.issuer).unwrap_or("-");
             let error = e.map(|e| e.etype().as_str()).unwrap_or("-");
             info!(
@@ -805,7 +801,7 @@ impl ProxyHttp for Gateway {
                 client_id = ctx
                     .client_id
                     .as_deref()
-                    .or_else(|| ctx.principal.as_ref().and_then(|p| p.client_id.as_deref()))
+                    .or_else(|| ctx.principal.as_ref().and_then(|p| p.client_id()))
                     .unwrap_or("-"),
                 subject = sub,
                 client_ip = %ctx.client_ip.map(|i| i.to_string()).unwrap_or_else(|| "-".into()),
