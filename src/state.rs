@@ -88,9 +88,9 @@ impl Snapshot {
         );
         let route_metrics = routes
             .iter()
-            .map(|r| metrics.route_handles(&r.name))
+            .map(|r| metrics.route_handles(&r.name, !r.limits.is_empty()))
             .collect();
-        let no_route_metrics = metrics.route_handles("_none");
+        let no_route_metrics = metrics.route_handles("_none", false);
         let upstream_durations = upstreams
             .iter()
             .map(|u| {

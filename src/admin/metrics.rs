@@ -226,19 +226,23 @@ impl Metrics {
     }
 
     /// Handles of one route's series, resolved once per config instead of per request.
-    pub fn route_handles(&self, route: &str) -> RouteMetrics {
-        RouteMetrics {
-            route: route.to_string(),
-            duration: self.request_duration.with_label_values(&[route]),
+    /// `limited`: the route has rate limits (only then do its decision series exist).
+    pub fn route_handles(&self, route: &str, limited: bool) -> RouteMetrics {
+        let decisions = limited.then(|| RateLimitHandles {
             allowed: self
                 .ratelimit_decisions
                 .with_label_values(&[route, "allowed"]),
             limited: self
                 .ratelimit_decisions
                 .with_label_values(&[route, "limited"]),
-            limiter_error: self
+            error: self
                 .ratelimit_decisions
                 .with_label_values(&[route, "error"]),
+        });
+        RouteMetrics {
+            route: route.to_string(),
+            duration: self.request_duration.with_label_values(&[route]),
+            decisions,
             requests: parking_lot::RwLock::new(Vec::new()),
             family: self.requests.clone(),
         }
@@ -255,11 +259,17 @@ impl Metrics {
 pub struct RouteMetrics {
     route: String,
     pub duration: prometheus::Histogram,
-    pub allowed: IntCounter,
-    pub limited: IntCounter,
-    pub limiter_error: IntCounter,
+    /// Present when the route has rate limits.
+    pub decisions: Option<RateLimitHandles>,
     requests: parking_lot::RwLock<Vec<(&'static str, u16, IntCounter)>>,
     family: IntCounterVec,
+}
+
+/// `gateway_ratelimit_decisions_total` of one route.
+pub struct RateLimitHandles {
+    pub allowed: IntCounter,
+    pub limited: IntCounter,
+    pub error: IntCounter,
 }
 
 impl RouteMetrics {

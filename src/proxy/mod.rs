@@ -154,11 +154,12 @@ impl Gateway {
             match snap.limiter.check(&route.name, &route.limits, &key).await {
                 Ok(decision) => {
                     let allowed = decision.allowed;
-                    let handles = &snap.route_metrics[route.index];
-                    if allowed {
-                        handles.allowed.inc();
-                    } else {
-                        handles.limited.inc();
+                    if let Some(d) = &snap.route_metrics[route.index].decisions {
+                        if allowed {
+                            d.allowed.inc();
+                        } else {
+                            d.limited.inc();
+                        }
                     }
                     let retry = decision.retry_after.map(ceil_secs).unwrap_or(1).max(1);
                     ctx.rate = Some(decision);
@@ -169,7 +170,9 @@ impl Gateway {
                     }
                 }
                 Err(e) => {
-                    snap.route_metrics[route.index].limiter_error.inc();
+                    if let Some(d) = &snap.route_metrics[route.index].decisions {
+                        d.error.inc();
+                    }
                     warn!(route = %route.name, error = %e, "rate limiter unavailable; failing closed");
                     return Err(Reject::LimiterUnavailable);
                 }
