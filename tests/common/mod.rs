@@ -523,6 +523,15 @@ impl TestGateway {
 
     /// Start with fresh ports (retried when a port was taken meanwhile) and wait.
     pub async fn spawn(cfg: &Config, wait: Wait) -> TestGateway {
+        Self::spawn_rendered(|addr, admin, dir| cfg.render(addr, admin, dir), cfg, wait).await
+    }
+
+    /// `spawn` with the config text made by `text` for the chosen ports; `cfg` supplies the
+    /// child's environment and is kept as the gateway's config.
+    async fn spawn_rendered<F>(text: F, cfg: &Config, wait: Wait) -> TestGateway
+    where
+        F: Fn(SocketAddr, SocketAddr, &Path) -> String,
+    {
         let mut last_log = String::new();
         for _attempt in 0..5 {
             let dir = tempfile::Builder::new()
@@ -535,7 +544,7 @@ impl TestGateway {
                 admin = free_addr();
             }
             let config_path = dir.path().join("gateway.toml");
-            fs::write(&config_path, cfg.render(addr, admin, dir.path())).expect("write config");
+            fs::write(&config_path, text(addr, admin, dir.path())).expect("write config");
             let log_path = dir.path().join("gateway.log");
             let env: Vec<(&str, &str)> = cfg
                 .env
@@ -1311,50 +1320,7 @@ impl TestGateway {
     where
         F: Fn(SocketAddr, SocketAddr, &Path) -> String,
     {
-        let mut last_log = String::new();
-        for _attempt in 0..5 {
-            let dir = tempfile::Builder::new()
-                .prefix("wtgw-test-")
-                .tempdir()
-                .expect("tempdir");
-            let addr = free_addr();
-            let mut admin = free_addr();
-            while admin == addr {
-                admin = free_addr();
-            }
-            let config_path = dir.path().join("gateway.toml");
-            fs::write(&config_path, text(addr, admin, dir.path())).expect("write config");
-            let log_path = dir.path().join("gateway.log");
-            let child = spawn_logged(
-                &["--config", config_path.to_str().expect("utf-8 path")],
-                &[],
-                &log_path,
-            );
-            let mut gw = TestGateway {
-                child,
-                dir,
-                addr,
-                admin,
-                config_path,
-                log_path,
-                client: client(),
-                config: Config::new(),
-            };
-            match gw.wait_until(Wait::Ready).await {
-                Ok(()) => return gw,
-                Err(log) => {
-                    if log.contains("in use") || log.contains("AddrInUse") {
-                        last_log = log;
-                        continue;
-                    }
-                    panic!(
-                        "gateway did not start; config:\n{}\nlog:\n{log}",
-                        fs::read_to_string(&gw.config_path).unwrap_or_default()
-                    );
-                }
-            }
-        }
-        panic!("gateway could not bind free ports after 5 attempts; last log:\n{last_log}");
+        Self::spawn_rendered(text, &Config::new(), Wait::Ready).await
     }
 }
 
