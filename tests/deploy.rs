@@ -14,6 +14,9 @@
 //!
 //! `promtool` comes from the Debian package `prometheus`; a missing promtool fails these tests.
 
+mod common;
+
+use common::metric_names_in;
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
 use std::net::{TcpListener, ToSocketAddrs};
@@ -233,39 +236,6 @@ fn describe(out: &Output) -> String {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     )
-}
-
-/// Every `gateway_[a-z_]+` metric name in `text`, histogram series suffixes (`_bucket`, `_sum`,
-/// `_count`) folded into the base name. A name must start the word (`wetrials_gateway_x` is not
-/// one).
-pub fn metric_names_in(text: &str) -> BTreeSet<String> {
-    let bytes = text.as_bytes();
-    let mut names = BTreeSet::new();
-    let mut from = 0;
-    while let Some(pos) = text[from..].find("gateway_") {
-        let start = from + pos;
-        let mut end = start + "gateway_".len();
-        while end < bytes.len() && (bytes[end].is_ascii_lowercase() || bytes[end] == b'_') {
-            end += 1;
-        }
-        from = end;
-        let starts_word =
-            start == 0 || !(bytes[start - 1].is_ascii_alphanumeric() || bytes[start - 1] == b'_');
-        if !starts_word {
-            continue;
-        }
-        let mut name = text[start..end].trim_end_matches('_');
-        for suffix in ["_bucket", "_sum", "_count"] {
-            if let Some(base) = name.strip_suffix(suffix) {
-                name = base;
-                break;
-            }
-        }
-        if name.len() > "gateway_".len() {
-            names.insert(name.to_string());
-        }
-    }
-    names
 }
 
 fn alerts_path() -> PathBuf {

@@ -645,38 +645,6 @@ async fn metrics_labels_never_carry_paths_subjects_client_ids_or_tokens() {
     }
 }
 
-/// Every `gateway_[a-z_]+` metric name in `text`, histogram series suffixes folded into the
-/// base name (copied from tests/deploy.rs: test binaries cannot import each other).
-fn metric_names_in(text: &str) -> BTreeSet<String> {
-    let bytes = text.as_bytes();
-    let mut names = BTreeSet::new();
-    let mut from = 0;
-    while let Some(pos) = text[from..].find("gateway_") {
-        let start = from + pos;
-        let mut end = start + "gateway_".len();
-        while end < bytes.len() && (bytes[end].is_ascii_lowercase() || bytes[end] == b'_') {
-            end += 1;
-        }
-        from = end;
-        let starts_word =
-            start == 0 || !(bytes[start - 1].is_ascii_alphanumeric() || bytes[start - 1] == b'_');
-        if !starts_word {
-            continue;
-        }
-        let mut name = text[start..end].trim_end_matches('_');
-        for suffix in ["_bucket", "_sum", "_count"] {
-            if let Some(base) = name.strip_suffix(suffix) {
-                name = base;
-                break;
-            }
-        }
-        if name.len() > "gateway_".len() {
-            names.insert(name.to_string());
-        }
-    }
-    names
-}
-
 /// Gateway metrics named by deploy/prometheus/alerts.yml and the Grafana dashboard.
 fn metric_names_used_by_deploy() -> BTreeSet<String> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy");

@@ -100,14 +100,19 @@ pub fn query_param(query: Option<&str>, name: &str) -> Option<String> {
         .filter(|v| !v.is_empty())
 }
 
-/// `client_id` of a form-encoded or JSON body. `Err` for a JSON body that does not parse.
-pub fn body_client_id(content_type: &str, body: &[u8]) -> Result<Option<String>, &'static str> {
-    let mime = content_type
+/// The media type of a `Content-Type` value, lower case, without parameters.
+fn mime(content_type: &str) -> String {
+    content_type
         .split(';')
         .next()
         .unwrap_or("")
         .trim()
-        .to_ascii_lowercase();
+        .to_ascii_lowercase()
+}
+
+/// `client_id` of a form-encoded or JSON body. `Err` for a JSON body that does not parse.
+pub fn body_client_id(content_type: &str, body: &[u8]) -> Result<Option<String>, &'static str> {
+    let mime = mime(content_type);
     if mime == "application/x-www-form-urlencoded" {
         return Ok(form_urlencoded::parse(body)
             .find(|(k, _)| k == "client_id")
@@ -134,12 +139,7 @@ pub fn body_client_id(content_type: &str, body: &[u8]) -> Result<Option<String>,
 
 /// Is this a body we read for `client_id`?
 pub fn readable_body_type(content_type: &str) -> bool {
-    let mime = content_type
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
+    let mime = mime(content_type);
     mime == "application/x-www-form-urlencoded"
         || mime == "application/json"
         || mime.ends_with("+json")
