@@ -15,6 +15,7 @@ pub mod admin;
 pub mod auth;
 pub mod config;
 pub mod demo;
+mod expiring;
 pub mod policy;
 pub mod proxy;
 pub mod ratelimit;

@@ -11,20 +11,17 @@
 //! Times are whole milliseconds: a request admitted at tick `t` occupies the window until tick
 //! `t + P` (exclusive).
 //!
-//! Memory: the map is sharded (`Mutex<HashMap>` per shard, the lock held for the whole decision
-//! so concurrent checks of one key are exact). The map key is a 128-bit keyed hash of
+//! Memory: the keys live in an [`ExpiringMap`] (sharded, bounded, one lock held for the whole
+//! decision so concurrent checks of one key are exact); the map key is a 128-bit keyed hash of
 //! (route, client key) computed by the caller, the value a 32-byte [`Log`] holding up to three
-//! times inline as `u32` offsets from a per-key base; longer logs move to the heap. Keys idle
-//! for the longest period of their route expire (each shard is swept every 10 s, one shard per
-//! sweep step taken by a passing request, and when it is full); when a shard is full of live keys, the keys closest to expiry are evicted in
-//! batches. A general-purpose cache (moka) was measured at about 400 bytes per key for this
-//! workload, so this file keeps its own compact map.
+//! times inline as `u32` offsets from a per-key base. Longer logs move to the heap as runs of
+//! equal times (offset, cumulative count): a busy key under a high limit (say 1e9 per minute at
+//! 40k requests/s) keeps one run per millisecond of its window, not one entry per request.
+//! A key's deadline is its last request plus the longest period of its route.
 
-use std::collections::{HashMap, VecDeque};
-use std::hash::{BuildHasherDefault, Hasher};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::collections::VecDeque;
 
-use parking_lot::Mutex;
+use crate::expiring::{Expiring, ExpiringMap};
 
 use super::{Decision, LimitSpec, Observation};
 
@@ -32,11 +29,8 @@ use super::{Decision, LimitSpec, Observation};
 pub(crate) const MAX_PERIOD_MS: u64 = (1 << 31) - 1;
 /// Times kept inline in a [`Log`] before moving to the heap.
 const INLINE: usize = 3;
-/// Every shard sweeps its expired keys this often (plus whenever it is full).
+/// Every key idle past its deadline is dropped within this time (plus whenever a shard is full).
 const SWEEP_INTERVAL_MS: u64 = 10_000;
-/// Keys per shard that justify one more shard (the number of shards is a power of two, 1..=64).
-const KEYS_PER_SHARD_HINT: u64 = 4_096;
-const MAX_SHARDS: u64 = 64;
 
 /// Facts about a route's limits computed once per check by the caller.
 #[derive(Clone, Copy, Debug)]
@@ -49,74 +43,20 @@ pub(crate) struct Bounds {
 
 /// The limiter's in-process state: bounded number of keys, each a compact sliding log.
 pub(crate) struct MemoryStore {
-    shards: Box<[Shard]>,
-    mask: usize,
-    shard_cap: usize,
-    keys: AtomicU64,
-    /// Time of the next sweep step, and the shard it sweeps: one shard per step, so every
-    /// shard is swept once per [`SWEEP_INTERVAL_MS`] and no request pays for more than one.
-    next_sweep: AtomicU64,
-    sweep_step_ms: u64,
-    sweep_cursor: AtomicUsize,
-}
-
-/// One shard, on its own cache lines so that two cores working on two shards do not contend.
-#[repr(align(128))]
-struct Shard(Mutex<ShardMap>);
-
-struct ShardMap {
-    map: HashMap<u128, Log, BuildHasherDefault<IdHasher>>,
-}
-
-/// The map key is already a keyed random hash: use its low 64 bits as the table hash.
-#[derive(Default)]
-struct IdHasher(u64);
-
-impl Hasher for IdHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        // Only `write_u128` is used for `u128` keys; fold anything else for completeness.
-        for b in bytes {
-            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
-        }
-    }
-    fn write_u128(&mut self, i: u128) {
-        self.0 = i as u64; // truncation intended: the low half is an independent 64-bit hash
-    }
+    keys: ExpiringMap<Log>,
 }
 
 impl MemoryStore {
-    /// A store holding at most about `max_keys` keys (each shard holds `ceil(max_keys/shards)`).
+    /// A store holding at most about `max_keys` keys.
     pub(crate) fn new(max_keys: u64) -> Self {
-        let max_keys = max_keys.max(1);
-        let shards = (max_keys / KEYS_PER_SHARD_HINT)
-            .max(1)
-            .next_power_of_two()
-            .min(MAX_SHARDS);
-        let shard_cap = usize::try_from(max_keys.div_ceil(shards)).unwrap_or(usize::MAX);
-        let shards: Box<[Shard]> = (0..shards)
-            .map(|_| {
-                Shard(Mutex::new(ShardMap {
-                    map: HashMap::default(),
-                }))
-            })
-            .collect();
         Self {
-            mask: shards.len() - 1,
-            sweep_step_ms: SWEEP_INTERVAL_MS / shards.len() as u64,
-            shards,
-            shard_cap,
-            keys: AtomicU64::new(0),
-            next_sweep: AtomicU64::new(0),
-            sweep_cursor: AtomicUsize::new(0),
+            keys: ExpiringMap::new(max_keys, SWEEP_INTERVAL_MS),
         }
     }
 
     /// Keys held now.
     pub(crate) fn len(&self) -> u64 {
-        self.keys.load(Ordering::Relaxed)
+        self.keys.len()
     }
 
     /// Decides one request of key `id` at time `now` (ms) against `limits`, and records it if
@@ -128,102 +68,18 @@ impl MemoryStore {
         limits: &[LimitSpec],
         bounds: Bounds,
     ) -> Decision {
-        if now >= self.next_sweep.load(Ordering::Relaxed) {
-            self.sweep_step(now);
-        }
-        let idx = ((id >> 64) as usize) & self.mask;
-        let Some(shard) = self.shards.get(idx) else {
-            // Unreachable: mask < shards.len(). Answer conservatively rather than panic.
-            return Log::new(now).check(now, limits, bounds);
-        };
-        let mut guard = shard.0.lock();
-        let sm = &mut *guard;
-        if let Some(log) = sm.map.get_mut(&id) {
-            return log.check(now, limits, bounds);
-        }
-        if sm.map.len() >= self.shard_cap {
-            let removed = sm.make_room(now, self.shard_cap);
-            self.forget(removed);
-        }
-        let mut log = Log::new(now);
-        let decision = log.check(now, limits, bounds);
-        sm.map.insert(id, log);
-        self.keys.fetch_add(1, Ordering::Relaxed);
-        decision
-    }
-
-    /// Sweeps the expired keys of the next shard, if this caller wins the step (a shard busy
-    /// right now is skipped until its next turn).
-    fn sweep_step(&self, now: u64) {
-        let due = self.next_sweep.load(Ordering::Relaxed);
-        if now < due
-            || self
-                .next_sweep
-                .compare_exchange(
-                    due,
-                    now.saturating_add(self.sweep_step_ms),
-                    Ordering::Relaxed,
-                    Ordering::Relaxed,
-                )
-                .is_err()
-        {
-            return;
-        }
-        let idx = self.sweep_cursor.fetch_add(1, Ordering::Relaxed) & self.mask;
-        if let Some(mut sm) = self.shards.get(idx).and_then(|s| s.0.try_lock()) {
-            let removed = sm.sweep_expired(now);
-            drop(sm);
-            self.forget(removed);
-        }
-    }
-
-    fn forget(&self, removed: usize) {
-        if removed > 0 {
-            self.keys.fetch_sub(removed as u64, Ordering::Relaxed);
-        }
+        self.keys.update_or_insert(
+            id,
+            now,
+            || Log::new(now),
+            |log| log.check(now, limits, bounds),
+        )
     }
 }
 
-impl ShardMap {
-    /// Removes the keys idle past their deadline; returns how many.
-    fn sweep_expired(&mut self, now: u64) -> usize {
-        let before = self.map.len();
-        self.map.retain(|_, log| log.deadline() > now);
-        let removed = before - self.map.len();
-        // Give memory back after a wave of keys expired.
-        let cap = self.map.capacity();
-        if cap > 64 && self.map.len() * 4 < cap {
-            self.map.shrink_to(self.map.len() * 2);
-        }
-        removed
-    }
-
-    /// Frees at least one slot in a full shard: expired keys first, then a batch (1/16 of the
-    /// shard) of the keys closest to expiry, so the cost of the scan is amortised over the
-    /// inserts that follow.
-    fn make_room(&mut self, now: u64, cap: usize) -> usize {
-        let mut removed = self.sweep_expired(now);
-        if self.map.len() < cap {
-            return removed;
-        }
-        let batch = (cap / 16).max(1);
-        let mut deadlines: Vec<u64> = self.map.values().map(Log::deadline).collect();
-        let threshold = match deadlines.get(batch - 1) {
-            Some(_) => *deadlines.select_nth_unstable(batch - 1).1,
-            None => u64::MAX,
-        };
-        let mut left = batch;
-        let before = self.map.len();
-        self.map.retain(|_, log| {
-            if left > 0 && log.deadline() <= threshold {
-                left -= 1;
-                false
-            } else {
-                true
-            }
-        });
-        removed += before - self.map.len();
-        removed
+impl Expiring for Log {
+    fn deadline(&self) -> u64 {
+        self.base + u64::from(self.idle_until)
     }
 }
 
@@ -242,8 +98,62 @@ enum Stamps {
     },
     // Boxed on purpose: a thin pointer keeps `Stamps` at 16 bytes (a bare VecDeque is 32), and
     // only keys with more than three requests in their window pay for the extra allocation.
-    #[allow(clippy::box_collection)]
-    Heap(Box<VecDeque<u32>>),
+    Heap(Box<Runs>),
+}
+
+/// A long log as runs of equal times, oldest first. Each run is (offset, cumulative count at
+/// its end); counts wrap around `u32` and are read relative to `head`, the cumulative count
+/// before the first stamp kept (the first run may have been partly dropped). A log holds at most
+/// `max_requests` (< 2^32) stamps, so every relative count fits.
+struct Runs {
+    runs: VecDeque<(u32, u32)>,
+    head: u32,
+}
+
+impl Runs {
+    fn len(&self) -> usize {
+        self.runs
+            .back()
+            .map_or(0, |r| r.1.wrapping_sub(self.head) as usize)
+    }
+
+    /// The `i`-th time, oldest first.
+    fn get(&self, i: usize) -> u32 {
+        let k = self
+            .runs
+            .partition_point(|x| x.1.wrapping_sub(self.head) as usize <= i);
+        self.runs.get(k).map_or(0, |x| x.0)
+    }
+
+    /// Stamps up to the end of run `k` (exclusive of later runs).
+    fn upto(&self, k: usize) -> usize {
+        self.runs
+            .get(k)
+            .map_or(0, |r| r.1.wrapping_sub(self.head) as usize)
+    }
+
+    fn push_back(&mut self, off: u32) {
+        match self.runs.back_mut() {
+            Some(last) if last.0 == off => last.1 = last.1.wrapping_add(1),
+            Some(last) => {
+                let end = last.1.wrapping_add(1);
+                self.runs.push_back((off, end));
+            }
+            None => self.runs.push_back((off, self.head.wrapping_add(1))),
+        }
+    }
+
+    fn pop_front_n(&mut self, n: usize) {
+        let n = n.min(self.len());
+        while self
+            .runs
+            .front()
+            .is_some_and(|r| r.1.wrapping_sub(self.head) as usize <= n)
+        {
+            self.runs.pop_front();
+        }
+        self.head = self.head.wrapping_add(n as u32); // n <= len < 2^32
+    }
 }
 
 impl Log {
@@ -256,10 +166,6 @@ impl Log {
                 buf: [0; INLINE],
             },
         }
-    }
-
-    fn deadline(&self) -> u64 {
-        self.base + u64::from(self.idle_until)
     }
 
     fn abs(&self, i: usize) -> u64 {
@@ -346,14 +252,15 @@ impl Stamps {
     fn len(&self) -> usize {
         match self {
             Stamps::Inline { len, .. } => usize::from(*len),
-            Stamps::Heap(v) => v.len(),
+            Stamps::Heap(r) => r.len(),
         }
     }
 
+    /// The `i`-th time, oldest first.
     fn get(&self, i: usize) -> u32 {
         match self {
             Stamps::Inline { buf, .. } => buf.get(i).copied().unwrap_or(0),
-            Stamps::Heap(v) => v.get(i).copied().unwrap_or(0),
+            Stamps::Heap(r) => r.get(i),
         }
     }
 
@@ -363,7 +270,10 @@ impl Stamps {
             Stamps::Inline { len, buf } => buf
                 .get(..usize::from(*len))
                 .map_or(0, |s| s.partition_point(|&x| pred(x))),
-            Stamps::Heap(v) => v.partition_point(|&x| pred(x)),
+            Stamps::Heap(r) => match r.runs.partition_point(|x| pred(x.0)) {
+                0 => 0,
+                k => r.upto(k - 1),
+            },
         }
     }
 
@@ -375,13 +285,18 @@ impl Stamps {
                     *slot = off;
                     *len += 1;
                 } else {
-                    let mut v = VecDeque::with_capacity(max_requests.clamp(INLINE + 1, 16));
-                    v.extend(buf.iter().copied());
-                    v.push_back(off);
-                    *self = Stamps::Heap(Box::new(v));
+                    let mut r = Runs {
+                        runs: VecDeque::with_capacity(max_requests.clamp(INLINE + 1, 16)),
+                        head: 0,
+                    };
+                    for &x in buf.iter() {
+                        r.push_back(x);
+                    }
+                    r.push_back(off);
+                    *self = Stamps::Heap(Box::new(r));
                 }
             }
-            Stamps::Heap(v) => v.push_back(off),
+            Stamps::Heap(r) => r.push_back(off),
         }
     }
 
@@ -396,19 +311,22 @@ impl Stamps {
                 buf.copy_within(n..l, 0);
                 *len = (l - n) as u8; // l <= INLINE
             }
-            Stamps::Heap(v) => {
-                let n = n.min(v.len());
-                v.drain(..n);
-                if v.len() <= INLINE {
+            Stamps::Heap(r) => {
+                r.pop_front_n(n);
+                let l = r.len();
+                if l <= INLINE {
                     // Give the heap block back once the log is short again.
                     let mut buf = [0; INLINE];
-                    for (slot, x) in buf.iter_mut().zip(v.iter()) {
-                        *slot = *x;
+                    for (i, slot) in buf.iter_mut().enumerate().take(l) {
+                        *slot = r.get(i);
                     }
                     *self = Stamps::Inline {
-                        len: v.len() as u8, // <= INLINE
+                        len: l as u8, // <= INLINE
                         buf,
                     };
+                } else if r.runs.capacity() > 64 && r.runs.len() * 4 < r.runs.capacity() {
+                    // A burst passed: do not keep its peak capacity for the key's lifetime.
+                    r.runs.shrink_to(r.runs.len() * 2);
                 }
             }
         }
@@ -421,9 +339,9 @@ impl Stamps {
                     *x -= delta;
                 }
             }
-            Stamps::Heap(v) => {
-                for x in v.iter_mut() {
-                    *x -= delta;
+            Stamps::Heap(r) => {
+                for x in r.runs.iter_mut() {
+                    x.0 -= delta;
                 }
             }
         }
@@ -510,6 +428,88 @@ mod tests {
             assert_eq!(d.retry_after, Some(Duration::from_millis(3_999)));
         }
         assert!(log.base > 5u64 << 32, "rebased");
+    }
+
+    /// The definition itself: admit iff, for every limit, fewer than N admitted times are
+    /// younger than P; log the admitted ones.
+    struct Model(Vec<u64>);
+
+    impl Model {
+        fn check(&mut self, now: u64, limits: &[LimitSpec]) -> (bool, u64) {
+            let now = self.0.last().map_or(now, |&l| now.max(l));
+            let allowed = limits.iter().all(|l| {
+                let p = period_ms(l);
+                self.0.iter().filter(|&&t| t + p > now).count() < l.requests as usize
+            });
+            if allowed {
+                self.0.push(now);
+            }
+            let tightest = limits
+                .iter()
+                .map(|l| {
+                    let p = period_ms(l);
+                    let used = self.0.iter().filter(|&&t| t + p > now).count() as u64;
+                    u64::from(l.requests).saturating_sub(used)
+                })
+                .min()
+                .unwrap_or(0);
+            (allowed, tightest)
+        }
+    }
+
+    #[test]
+    fn log_matches_the_definition_with_many_requests_per_millisecond() {
+        // Deterministic pseudo-random traffic: bursts of equal times, gaps, several limits.
+        let mut seed = 0x2545_F491_4F6C_DD1Du64;
+        let mut rand = move |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        for limits in [
+            vec![spec(5, 100)],
+            vec![spec(50, 1_000), spec(8, 20)],
+            vec![spec(1_000, 500)],
+            vec![spec(3, 10), spec(200, 2_000), spec(40, 300)],
+        ] {
+            let b = bounds(&limits);
+            let mut log = Log::new(0);
+            let mut model = Model(Vec::new());
+            let mut t = 0u64;
+            for i in 0..20_000 {
+                t += match rand(10) {
+                    0..=5 => 0,
+                    6..=8 => rand(5),
+                    _ => rand(400),
+                };
+                let d = log.check(t, &limits, b);
+                let (allowed, remaining) = model.check(t, &limits);
+                assert_eq!(d.allowed, allowed, "request {i} at {t} under {limits:?}");
+                assert_eq!(u64::from(d.remaining), remaining, "request {i} at {t}");
+                assert!(log.stamps.len() <= b.max_requests as usize);
+            }
+        }
+    }
+
+    #[test]
+    fn hot_key_under_a_huge_limit_keeps_one_run_per_millisecond() {
+        let limits = [spec(1_000_000_000, 60_000)];
+        let b = bounds(&limits);
+        let mut log = Log::new(0);
+        // 40 requests per ms for 2 minutes of ms: 4.8M admissions.
+        for ms in 0..120_000u64 {
+            for _ in 0..40 {
+                assert!(log.check(ms, &limits, b).allowed);
+            }
+        }
+        let Stamps::Heap(r) = &log.stamps else {
+            panic!("a long log is on the heap")
+        };
+        assert_eq!(r.len(), 60_000 * 40, "exactly the last minute is counted");
+        assert_eq!(r.runs.len(), 60_000, "one run per millisecond of the window");
+        let d = log.check(120_000, &limits, b);
+        assert_eq!(d.remaining, 1_000_000_000 - 60_000 * 40 + 40 - 1);
     }
 
     #[test]
