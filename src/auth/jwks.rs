@@ -101,7 +101,6 @@ impl KeySet {
 /// An issuer: its config and its keys.
 pub struct Issuer {
     pub cfg: IssuerConfig,
-    name: Arc<str>,
     keys: ArcSwap<KeySet>,
     ready: AtomicBool,
     /// Unix seconds of the last successful fetch (0 = never).
@@ -123,7 +122,6 @@ struct Schedule {
 impl Issuer {
     pub fn new(cfg: IssuerConfig, http: reqwest::Client, metrics: Arc<Metrics>) -> Self {
         Issuer {
-            name: Arc::from(cfg.name.as_str()),
             cfg,
             keys: ArcSwap::from_pointee(KeySet::default()),
             ready: AtomicBool::new(false),
@@ -163,11 +161,6 @@ impl Issuer {
 
     pub fn name(&self) -> &str {
         &self.cfg.name
-    }
-
-    /// The name, shared by every `Principal` of this issuer.
-    pub fn name_arc(&self) -> Arc<str> {
-        self.name.clone()
     }
 
     /// True once a key set was loaded; never goes back.

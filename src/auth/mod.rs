@@ -1,7 +1,8 @@
 //! Step 2, who is calling? `Authenticator::authenticate` takes the bearer token, finds its
 //! issuer by exact `iss`, verifies it against that issuer's cached JWKS keys and returns the
-//! caller's `Principal`. Verified tokens are cached (keyed by SHA-256 of the token, never
-//! longer than the token's `exp`), so a client repeating its token skips the signature check.
+//! caller's `Principal`. Verified tokens are cached (keyed by the first 128 bits of the token's
+//! SHA-256, never past the token's `exp` plus leeway, dropped when the issuer's keys change), so
+//! a client repeating its token skips the signature check.
 
 pub mod bearer;
 pub mod jwks;
@@ -11,13 +12,16 @@ pub mod refresher;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use moka::sync::Cache;
 use sha2::{Digest, Sha256};
 
 pub use bearer::BearerToken;
 pub use jwks::{Issuer, JwksError, KeySet, VerifyKey};
 
 use crate::admin::Metrics;
+use crate::expiring::{Expiring, ExpiringMap};
+
+/// Expired cached tokens are dropped within this time (or when their shard is full, or when hit).
+const CACHE_SWEEP_INTERVAL_MS: u64 = 10_000;
 
 /// Why a token was not accepted. Messages are fixed texts: never the token, never a claim.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -73,21 +77,33 @@ impl AuthError {
     }
 }
 
-/// The verified caller. Kept compact — its three strings share one allocation — since up
-/// to `TOKEN_CACHE_CAPACITY` of them live in the verified-token cache.
+/// The verified caller. Kept compact — its three strings share one allocation, the issuer is
+/// an index (its name: [`Authenticator::issuer_name`]) — since up to `TOKEN_CACHE_CAPACITY` of
+/// them live in the verified-token cache.
 #[derive(Debug)]
 pub struct Principal {
-    /// Issuer *name* (config), for logs and metrics; shared with the issuer.
-    pub issuer: Arc<str>,
+    /// Index of the issuer in [`Authenticator::issuers`] of the snapshot that verified it.
     pub issuer_index: usize,
     pub exp: u64,
-    pub strip_authorization: bool,
     /// The issuer's key-set generation this was verified under.
     generation: u64,
     /// `sub`, then `client_id`, then the space-separated scopes.
     text: Box<str>,
     sub_len: Option<u32>,
     client_id_len: Option<u32>,
+    pub strip_authorization: bool,
+}
+
+/// A cache entry: the principal and the time (ms) from which it is stale (`exp` + leeway).
+struct CachedToken {
+    principal: Arc<Principal>,
+    stale_at_ms: u64,
+}
+
+impl Expiring for CachedToken {
+    fn deadline(&self) -> u64 {
+        self.stale_at_ms
+    }
 }
 
 impl Principal {
@@ -129,7 +145,7 @@ impl Principal {
 pub struct Authenticator {
     issuers: Vec<Arc<Issuer>>,
     by_iss: HashMap<String, usize>,
-    cache: Cache<[u8; 32], Arc<Principal>>,
+    cache: ExpiringMap<CachedToken>,
     metrics: Arc<Metrics>,
 }
 
@@ -140,12 +156,8 @@ impl Authenticator {
             .enumerate()
             .map(|(i, iss)| (iss.cfg.issuer.clone(), i))
             .collect();
-        let cache = Cache::builder()
-            .max_capacity(cache_capacity)
-            // No TTL or per-entry timer (each costs memory per entry): every hit checks the
-            // token's own `exp`, expired entries are dropped when hit, and the capacity bounds
-            // what stays.
-            .build();
+        // Full shards evict the tokens closest to expiry first.
+        let cache = ExpiringMap::new(cache_capacity, CACHE_SWEEP_INTERVAL_MS);
         Authenticator {
             issuers,
             by_iss,
@@ -164,7 +176,13 @@ impl Authenticator {
     }
 
     pub fn cached_tokens(&self) -> u64 {
-        self.cache.entry_count()
+        self.cache.len()
+    }
+
+    /// The configured name of the issuer that verified `p` (`-` if `p` is from another snapshot
+    /// with more issuers, which the proxy never mixes).
+    pub fn issuer_name(&self, p: &Principal) -> &str {
+        self.issuers.get(p.issuer_index).map_or("-", |i| i.name())
     }
 
     /// Verify a token; `Ok` carries the caller. Never echoes the token. `issuer_seen` is set to
@@ -174,16 +192,22 @@ impl Authenticator {
         token: BearerToken<'_>,
         issuer_seen: &mut Option<usize>,
     ) -> Result<Arc<Principal>, AuthError> {
-        let digest: [u8; 32] = Sha256::digest(token.0.as_bytes()).into();
-        let now = jwt::now_secs();
-        if let Some(hit) = self.cache.get(&digest) {
-            let issuer = &self.issuers[hit.issuer_index];
-            let fresh = now <= hit.exp.saturating_add(issuer.cfg.leeway.as_secs());
-            if fresh && hit.generation == issuer.generation() {
-                self.metrics.token_cache(true);
-                return Ok(hit);
-            }
-            self.cache.invalidate(&digest);
+        // 128 bits of SHA-256: finding another token with a cached token's id is a second
+        // preimage (2^128 work), and ids are uniform, as the map's sharding wants.
+        let digest = Sha256::digest(token.0.as_bytes());
+        let mut id = [0u8; 16];
+        id.copy_from_slice(&digest[..16]);
+        let id = u128::from_le_bytes(id);
+        let now_ms = jwt::now_millis();
+        let now = now_ms / 1000;
+        let hit = self.cache.get_or_remove(id, |c| {
+            let p = &c.principal;
+            let issuer = self.issuers.get(p.issuer_index)?;
+            (now_ms < c.stale_at_ms && p.generation == issuer.generation()).then(|| p.clone())
+        });
+        if let Some(p) = hit {
+            self.metrics.token_cache(true);
+            return Ok(p);
         }
         self.metrics.token_cache(false);
 
@@ -248,7 +272,6 @@ impl Authenticator {
         let (text, sub_len, client_id_len) =
             Principal::pack(claims.sub.as_deref(), client_id, &scopes);
         let principal = Arc::new(Principal {
-            issuer: issuer.name_arc(),
             issuer_index: index,
             exp,
             strip_authorization: issuer.cfg.strip_authorization,
@@ -258,7 +281,19 @@ impl Authenticator {
             client_id_len,
         });
         if exp > now {
-            self.cache.insert(digest, principal.clone());
+            // Stale once `now` (whole seconds) passes exp + leeway, as `jwt` checks it.
+            let stale_at_ms = exp
+                .saturating_add(issuer.cfg.leeway.as_secs())
+                .saturating_add(1)
+                .saturating_mul(1000);
+            self.cache.insert(
+                id,
+                now_ms,
+                CachedToken {
+                    principal: principal.clone(),
+                    stale_at_ms,
+                },
+            );
         }
         Ok(principal)
     }
@@ -272,7 +307,6 @@ mod tests {
     fn principal_packs_and_reads_its_strings() {
         let (text, s, c) = Principal::pack(Some("user-1"), Some("app"), "read:a write:b");
         let p = Principal {
-            issuer: Arc::from("i"),
             issuer_index: 0,
             exp: 0,
             strip_authorization: false,

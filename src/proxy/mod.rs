@@ -134,7 +134,8 @@ impl Gateway {
             };
             // 2b. may it use this route?
             if let Err(missing) = route.scopes.check(principal.scopes()) {
-                self.metrics.auth(&principal.issuer, "insufficient_scope");
+                self.metrics
+                    .auth(snap.auth.issuer_name(&principal), "insufficient_scope");
                 ctx.auth_result = "insufficient_scope";
                 ctx.principal = Some(principal);
                 return Err(Reject::Scope(missing));
@@ -234,7 +235,8 @@ impl Gateway {
             .authenticate(bearer::BearerToken(token), seen)
             .await?;
         if let Some(allowed) = &route.issuers {
-            if !allowed.iter().any(|n| **n == *p.issuer) {
+            let name = snap.auth.issuer_name(&p);
+            if !allowed.iter().any(|n| **n == *name) {
                 return Err(AuthError::IssuerNotAllowed);
             }
         }
@@ -787,7 +789,10 @@ impl ProxyHttp for Gateway {
                 Outcome::UpstreamFailed => "upstream_failed",
             };
             let sub = ctx.principal.as_ref().and_then(|p| p.sub()).unwrap_or("-");
-            let issuer = ctx.principal.as_ref().map(|p| &*p.issuer).unwrap_or("-");
+            let issuer = ctx
+                .principal
+                .as_ref()
+                .map_or("-", |p| ctx.snap.auth.issuer_name(p));
             let error = e.map(|e| e.etype().as_str()).unwrap_or("-");
             info!(
                 target: "access",
