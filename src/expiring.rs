@@ -288,7 +288,11 @@ mod tests {
         assert_eq!(map.get_or_remove(5, |v| Some(v.0)), None);
         map.insert(6, 0, Until(1));
         map.insert(6, 0, Until(2));
-        assert_eq!(map.get_or_remove(6, |v| Some(v.0)), Some(2), "insert replaces");
+        assert_eq!(
+            map.get_or_remove(6, |v| Some(v.0)),
+            Some(2),
+            "insert replaces"
+        );
         assert_eq!(map.len(), 1);
     }
 

@@ -92,10 +92,7 @@ pub(crate) struct Log {
 }
 
 enum Stamps {
-    Inline {
-        len: u8,
-        buf: [u32; INLINE],
-    },
+    Inline { len: u8, buf: [u32; INLINE] },
     // Boxed on purpose: a thin pointer keeps `Stamps` at 16 bytes (a bare VecDeque is 32), and
     // only keys with more than three requests in their window pay for the extra allocation.
     Heap(Box<Runs>),
@@ -507,7 +504,11 @@ mod tests {
             panic!("a long log is on the heap")
         };
         assert_eq!(r.len(), 60_000 * 40, "exactly the last minute is counted");
-        assert_eq!(r.runs.len(), 60_000, "one run per millisecond of the window");
+        assert_eq!(
+            r.runs.len(),
+            60_000,
+            "one run per millisecond of the window"
+        );
         let d = log.check(120_000, &limits, b);
         assert_eq!(d.remaining, 1_000_000_000 - 60_000 * 40 + 40 - 1);
     }
