@@ -6,6 +6,7 @@ mod clientkey;
 mod reject;
 mod upstream;
 
+use std::fmt::Write as _;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -24,6 +25,8 @@ pub use reject::{json_error, Reject, REALM};
 pub use upstream::Upstream;
 
 use crate::admin::Metrics;
+
+const X_FORWARDED_FOR: &str = "x-forwarded-for";
 use crate::auth::{bearer, AuthError, Principal};
 use crate::config::AuthMode;
 use crate::policy::{normalize_path, KeySource, Route};
@@ -396,51 +399,52 @@ fn add_rate_headers(h: &mut ResponseHeader, route: &Route, d: &Decision) -> Resu
 }
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1) that must not be forwarded, plus the ones a client
-/// may not set for the upstream.
+/// may not set for the upstream (`X-Auth-*`). One pass over the names: most requests carry
+/// none of them, and then nothing is looked up or allocated.
 fn strip_request_headers(h: &mut RequestHeader) {
-    let listed: Vec<String> = h
-        .headers
-        .get_all(http::header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(|s| s.trim().to_ascii_lowercase())
-        .filter(|s| !s.is_empty() && s != "upgrade" && s != "close" && s != "keep-alive")
-        .collect();
-    for name in listed {
-        if name.starts_with("x-auth-")
-            || name == "host"
-            || name == "authorization"
-            || name == "content-length"
-        {
-            continue;
+    let mut doomed: Vec<http::HeaderName> = Vec::new();
+    let mut connection = false;
+    for (name, value) in h.headers.iter() {
+        let drop = match name.as_str() {
+            "keep-alive" | "proxy-connection" | "proxy-authorization" | "trailer" => true,
+            // `TE: trailers` is the one value a proxy may pass on.
+            "te" => !value
+                .to_str()
+                .is_ok_and(|v| v.trim().eq_ignore_ascii_case("trailers")),
+            "connection" => {
+                connection = true;
+                false
+            }
+            n => n.starts_with("x-auth-"),
+        };
+        if drop {
+            doomed.push(name.clone());
         }
-        h.remove_header(name.as_str());
     }
-    for name in [
-        "keep-alive",
-        "proxy-connection",
-        "proxy-authorization",
-        "trailer",
-    ] {
+    if connection {
+        // Headers the client listed in Connection are hop-by-hop too, except the ones the
+        // gateway itself needs or sets.
+        for v in h.headers.get_all(http::header::CONNECTION) {
+            let Ok(v) = v.to_str() else { continue };
+            for listed in v.split(',').map(str::trim) {
+                let keep = listed.is_empty()
+                    || ["upgrade", "close", "keep-alive", "host", "authorization"]
+                        .iter()
+                        .any(|k| listed.eq_ignore_ascii_case(k))
+                    || listed.eq_ignore_ascii_case("content-length")
+                    || listed
+                        .get(..7)
+                        .is_some_and(|p| p.eq_ignore_ascii_case("x-auth-"));
+                if !keep {
+                    if let Ok(n) = http::HeaderName::from_bytes(listed.as_bytes()) {
+                        doomed.push(n);
+                    }
+                }
+            }
+        }
+    }
+    for name in &doomed {
         h.remove_header(name);
-    }
-    if let Some(te) = h.headers.get(http::header::TE) {
-        if !te
-            .to_str()
-            .is_ok_and(|v| v.trim().eq_ignore_ascii_case("trailers"))
-        {
-            h.remove_header("te");
-        }
-    }
-    let spoofed: Vec<http::HeaderName> = h
-        .headers
-        .keys()
-        .filter(|k| k.as_str().starts_with("x-auth-"))
-        .cloned()
-        .collect();
-    for name in spoofed {
-        h.remove_header(&name);
     }
 }
 
@@ -487,7 +491,7 @@ impl ProxyHttp for Gateway {
         ctx.client_ip = client_ip(
             peer,
             req.headers
-                .get_all("x-forwarded-for")
+                .get_all(X_FORWARDED_FOR)
                 .iter()
                 .map(|v| v.as_bytes()),
             &ctx.snap.config.server.trusted_proxies,
@@ -631,14 +635,15 @@ impl ProxyHttp for Gateway {
             }
         }
         up.insert_header("x-request-id", ctx.request_id.as_str())?;
-        let peer_ip = session
+        if let Some(ip) = session
             .client_addr()
             .and_then(|a| a.as_inet())
-            .map(|a| a.ip().to_string());
-        if let Some(ip) = peer_ip {
-            // Every inbound X-Forwarded-For value, in order, then the peer.
-            let mut xff = String::new();
-            for v in up.headers.get_all("x-forwarded-for") {
+            .map(|a| a.ip())
+        {
+            // Every inbound X-Forwarded-For value, in order, then the peer. Inserting replaces
+            // the inbound values.
+            let mut xff = String::with_capacity(48);
+            for v in up.headers.get_all(X_FORWARDED_FOR) {
                 let v = String::from_utf8_lossy(v.as_bytes());
                 let v = v.trim();
                 if !v.is_empty() {
@@ -646,11 +651,14 @@ impl ProxyHttp for Gateway {
                     xff.push_str(", ");
                 }
             }
-            xff.push_str(&ip);
-            up.remove_header("x-forwarded-for");
-            up.insert_header("x-forwarded-for", xff)?;
+            // Writing to a String cannot fail.
+            let _ = write!(xff, "{ip}");
+            up.insert_header(X_FORWARDED_FOR, xff)?;
         }
-        up.insert_header("x-forwarded-proto", if self.tls { "https" } else { "http" })?;
+        up.insert_header(
+            "x-forwarded-proto",
+            http::HeaderValue::from_static(if self.tls { "https" } else { "http" }),
+        )?;
         Ok(())
     }
 
