@@ -107,5 +107,9 @@ fn main() -> ExitCode {
     }
 }
 
+/// mimalloc instead of glibc malloc: pingora's per-request header maps make many small
+/// allocations, and glibc's malloc/free/consolidate was ~13% of the gateway's CPU under load
+/// (mimalloc: ~3%; +5-15% req/s). Built without transparent huge pages (`no_thp`): they added
+/// ~10 MiB of RSS at idle for no measurable speed-up here.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
