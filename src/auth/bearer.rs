@@ -16,11 +16,24 @@ impl std::fmt::Debug for BearerToken<'_> {
 /// RFC 6750 §2.1 `b64token`: ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/", then "=" padding.
 fn is_b64token(t: &str) -> bool {
     let body = t.trim_end_matches('=');
+    // One table load per byte, no branches: the scan runs over every unseen token (~800 bytes).
     !body.is_empty()
-        && body.bytes().all(|b| {
-            b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'+' | b'/')
-        })
+        && body
+            .bytes()
+            .fold(true, |ok, b| ok & B64TOKEN[usize::from(b)])
 }
+
+/// The `b64token` characters (without the `=` padding).
+static B64TOKEN: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        t[b] = c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~' | b'+' | b'/');
+        b += 1;
+    }
+    t
+};
 
 /// Parse the `Authorization` header values of a request.
 ///
@@ -99,6 +112,23 @@ mod tests {
         assert_eq!(parse(&["Bearer abc.def.ghi"]).unwrap(), "abc.def.ghi");
         assert_eq!(parse(&["bearer abc.def.ghi"]).unwrap(), "abc.def.ghi");
         assert_eq!(parse(&["BEARER  abc.def.ghi"]).unwrap(), "abc.def.ghi");
+    }
+
+    #[test]
+    fn b64token_accepts_exactly_the_rfc6750_characters() {
+        let allowed = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~+/";
+        for b in 0u8..=127 {
+            let t = format!("a{}b", b as char);
+            assert_eq!(
+                is_b64token(&t),
+                allowed.contains(b as char),
+                "byte {b:#04x} inside a token"
+            );
+        }
+        assert!(!is_b64token("ab\u{e9}c"), "non-ASCII");
+        assert!(is_b64token("abc=="), "trailing padding");
+        assert!(!is_b64token("a=b"), "padding inside");
+        assert!(!is_b64token("=="), "padding only");
     }
 
     #[test]
