@@ -12,7 +12,7 @@
 //!
 //! Rows run interleaved for several rounds and the table shows medians. Then an RSS check
 //! walks 100k distinct tokens through a rate-limited route (100k cached tokens, 100k limiter
-//! keys). Environment: `BENCH_ROUNDS` (3), `BENCH_SECS` (5), `BENCH_WARMUP` (1),
+//! keys). Environment: `BENCH_ROUNDS` (5), `BENCH_SECS` (5), `BENCH_WARMUP` (1),
 //! `BENCH_TOKENS` (10000), `BENCH_WALK` (100000), `BENCH_PERF=1` (a 10 s `perf record` of the
 //! gateway during row 5, summarised), `BENCH_KEEP=1` (keep the temp dir with configs and logs).
 //!
@@ -1264,7 +1264,7 @@ fn main() -> ExitCode {
 }
 
 fn run() -> Res<()> {
-    let rounds = env_num("BENCH_ROUNDS", 3.0).max(1.0) as usize;
+    let rounds = env_num("BENCH_ROUNDS", 5.0).max(1.0) as usize;
     let secs = env_num("BENCH_SECS", 5.0).max(1.0);
     let warmup = env_num("BENCH_WARMUP", 1.0).max(0.0);
     let rr_count = env_num("BENCH_TOKENS", 10_000.0).max(1.0) as usize;

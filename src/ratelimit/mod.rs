@@ -101,7 +101,8 @@ pub struct RateLimiterConfig {
     /// Most keys (route x client) the in-process limiter holds (the memory backend, or the
     /// fallback of the Redis backend); beyond it the keys closest to expiry are evicted.
     /// At least 1. Defaults to 1,000,000 (about 100 bytes per key while a key has at most
-    /// three requests in its window, so about 100 MB when full; 4 bytes per further request).
+    /// three requests in its window, so about 100 MB when full; beyond three, 8 bytes per
+    /// distinct millisecond that holds requests of the key).
     pub memory_max_keys: u64,
 }
 
