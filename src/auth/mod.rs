@@ -1,8 +1,8 @@
 //! Step 2, who is calling? `Authenticator::authenticate` takes the bearer token, finds its
 //! issuer by exact `iss`, verifies it against that issuer's cached JWKS keys and returns the
-//! caller's `Principal`. Verified tokens are cached (keyed by the first 128 bits of the token's
-//! SHA-256, never past the token's `exp` plus leeway, dropped when the issuer's keys change), so
-//! a client repeating its token skips the signature check.
+//! caller's `Principal`. Verified tokens are cached (keyed by a secret-keyed 128-bit hash of the
+//! token, never past the token's `exp` plus leeway, dropped when the issuer's keys change), so a
+//! client repeating its token skips the signature check.
 
 pub mod bearer;
 pub mod jwks;
@@ -12,13 +12,11 @@ pub mod refresher;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use sha2::{Digest, Sha256};
-
 pub use bearer::BearerToken;
 pub use jwks::{Issuer, JwksError, KeySet, VerifyKey};
 
 use crate::admin::Metrics;
-use crate::expiring::{Expiring, ExpiringMap};
+use crate::expiring::{Expiring, ExpiringMap, Ids};
 
 /// Expired cached tokens are dropped within this time (or when their shard is full, or when hit).
 const CACHE_SWEEP_INTERVAL_MS: u64 = 10_000;
@@ -146,6 +144,7 @@ pub struct Authenticator {
     issuers: Vec<Arc<Issuer>>,
     by_iss: HashMap<String, usize>,
     cache: ExpiringMap<CachedToken>,
+    ids: Ids,
     metrics: Arc<Metrics>,
 }
 
@@ -162,6 +161,7 @@ impl Authenticator {
             issuers,
             by_iss,
             cache,
+            ids: Ids::new(),
             metrics,
         }
     }
@@ -192,12 +192,7 @@ impl Authenticator {
         token: BearerToken<'_>,
         issuer_seen: &mut Option<usize>,
     ) -> Result<Arc<Principal>, AuthError> {
-        // 128 bits of SHA-256: finding another token with a cached token's id is a second
-        // preimage (2^128 work), and ids are uniform, as the map's sharding wants.
-        let digest = Sha256::digest(token.0.as_bytes());
-        let mut id = [0u8; 16];
-        id.copy_from_slice(&digest[..16]);
-        let id = u128::from_le_bytes(id);
+        let id = self.ids.of(token.0);
         let now_ms = jwt::now_millis();
         let now = now_ms / 1000;
         let hit = self.cache.get_or_remove(id, |c| {

@@ -29,6 +29,7 @@ use std::time::Duration;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use metrics::RateLimitMetrics;
 
+use crate::expiring::Ids;
 use memory::{period_ms, Bounds, MemoryStore, MAX_PERIOD_MS};
 use redis_backend::RedisBackend;
 
@@ -150,7 +151,7 @@ pub enum RateLimitError {
 pub struct RateLimiter {
     clock: Arc<dyn Clock>,
     metrics: Arc<RateLimitMetrics>,
-    ids: KeyIds,
+    ids: Ids,
     engine: Engine,
 }
 
@@ -207,7 +208,7 @@ impl RateLimiter {
         Ok(Self {
             clock,
             metrics,
-            ids: KeyIds::new(),
+            ids: Ids::new(),
             engine,
         })
     }
@@ -272,7 +273,8 @@ impl RateLimiter {
         key: &str,
         bounds: Bounds,
     ) -> Decision {
-        let id = self.ids.id(scope, key);
+        // `(&str, &str)` hashes each string followed by a terminator: ("a", "bc") != ("ab", "c").
+        let id = self.ids.of((scope, key));
         let decision = store.check(id, self.clock.now_millis(), limits, bounds);
         self.metrics.set_keys(store.len());
         decision
@@ -307,30 +309,6 @@ fn validate(limits: &[LimitSpec]) -> Result<Bounds, RateLimitError> {
         bounds.max_requests = bounds.max_requests.max(l.requests);
     }
     Ok(bounds)
-}
-
-/// Maps (route, client key) to a 128-bit id with two independently, randomly keyed hashes:
-/// no allocation on the hot path, and no practical way for a client to pick a key that
-/// collides with another client's (the keys are secret and per process).
-struct KeyIds {
-    hi: ahash::RandomState,
-    lo: ahash::RandomState,
-}
-
-impl KeyIds {
-    fn new() -> Self {
-        Self {
-            hi: ahash::RandomState::new(),
-            lo: ahash::RandomState::new(),
-        }
-    }
-
-    fn id(&self, scope: &str, key: &str) -> u128 {
-        // `(&str, &str)` hashes each string followed by a terminator: ("a", "bc") != ("ab", "c").
-        let hi = self.hi.hash_one((scope, key));
-        let lo = self.lo.hash_one((scope, key));
-        (u128::from(hi) << 64) | u128::from(lo)
-    }
 }
 
 /// What a backend saw for one limit, in milliseconds of the backend's clock.
