@@ -254,12 +254,16 @@ impl Gateway {
         route: &Route,
     ) -> Result<String, Reject> {
         for source in &route.limit_key {
+            if matches!(source, KeySource::Sub) {
+                // The common case, without copying the subject first.
+                match ctx.principal.as_ref().and_then(|p| p.sub()) {
+                    Some(sub) => return Ok(clientkey::key(source.tag(), sub)),
+                    None => continue,
+                }
+            }
             let req = session.req_header();
             let value = match source {
-                KeySource::Sub => ctx
-                    .principal
-                    .as_ref()
-                    .and_then(|p| p.sub().map(str::to_string)),
+                KeySource::Sub => None, // answered above
                 KeySource::Ip => ctx.client_ip.map(|ip| ip.to_string()),
                 KeySource::Header(name) => req
                     .headers
