@@ -25,8 +25,6 @@ pub use reject::{json_error, Reject, REALM};
 pub use upstream::Upstream;
 
 use crate::admin::Metrics;
-
-const X_FORWARDED_FOR: &str = "x-forwarded-for";
 use crate::auth::{bearer, AuthError, Principal};
 use crate::config::AuthMode;
 use crate::policy::{normalize_path, KeySource, Route};
@@ -402,6 +400,19 @@ fn add_rate_headers(h: &mut ResponseHeader, route: &Route, d: &Decision) -> Resu
     Ok(())
 }
 
+const X_FORWARDED_FOR: &str = "x-forwarded-for";
+
+/// Names a client's `Connection` header may list that are not removed for it: connection
+/// options, and headers the gateway needs or sets itself (`X-Auth-*` are stripped anyway).
+const KEEP_EVEN_IF_LISTED: [&str; 6] = [
+    "upgrade",
+    "close",
+    "keep-alive",
+    "host",
+    "authorization",
+    "content-length",
+];
+
 /// Hop-by-hop headers (RFC 9110 §7.6.1) that must not be forwarded, plus the ones a client
 /// may not set for the upstream (`X-Auth-*`). One pass over the names: most requests carry
 /// none of them, and then nothing is looked up or allocated.
@@ -432,10 +443,9 @@ fn strip_request_headers(h: &mut RequestHeader) {
             let Ok(v) = v.to_str() else { continue };
             for listed in v.split(',').map(str::trim) {
                 let keep = listed.is_empty()
-                    || ["upgrade", "close", "keep-alive", "host", "authorization"]
+                    || KEEP_EVEN_IF_LISTED
                         .iter()
                         .any(|k| listed.eq_ignore_ascii_case(k))
-                    || listed.eq_ignore_ascii_case("content-length")
                     || listed
                         .get(..7)
                         .is_some_and(|p| p.eq_ignore_ascii_case("x-auth-"));
