@@ -498,26 +498,19 @@ async fn hop_by_hop_headers_are_not_forwarded() {
 
     // Trailer is hop-by-hop. (`TE: trailers`, which our filter lets pass, does not reach this
     // HTTP/1 upstream either: pingora drops it on the way.)
-    let req = format!(
-        "GET /v1/public/hop HTTP/1.1\r\nHost: {}\r\nTE: trailers\r\nTrailer: X-Checksum\r\n\r\n",
-        gw.addr()
-    );
-    let r = raw_request(gw.addr(), req.as_bytes())
-        .await
-        .expect("answer");
+    let r = raw_get(
+        &gw,
+        "/v1/public/hop",
+        &[("TE", "trailers"), ("Trailer", "X-Checksum")],
+    )
+    .await;
     assert_eq!(r.status, 200, "{}", r.text());
     let h = raw_json(&r)["headers"].clone();
     assert!(h.get("trailer").is_none(), "trailer was forwarded: {h}");
 
     // Nominating a header the proxy sets (X-Forwarded-For) as hop-by-hop is refused by pingora
     // itself: a 400 in our JSON shape, not a 5xx.
-    let req = format!(
-        "GET /v1/public/hop HTTP/1.1\r\nHost: {}\r\nConnection: x-forwarded-for\r\n\r\n",
-        gw.addr()
-    );
-    let r = raw_request(gw.addr(), req.as_bytes())
-        .await
-        .expect("answer");
+    let r = raw_get(&gw, "/v1/public/hop", &[("Connection", "x-forwarded-for")]).await;
     assert_raw_error(&r, 400, "invalid_request", "protected header nominated");
 }
 
