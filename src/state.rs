@@ -10,10 +10,10 @@ use arc_swap::ArcSwap;
 
 use crate::admin::{Metrics, RouteMetrics};
 use crate::auth::{Authenticator, Issuer};
-use crate::config::{GatewayConfig, RateLimitBackendSetting, RateLimitSettings};
+use crate::config::GatewayConfig;
 use crate::policy::{Route, RouteTable};
 use crate::proxy::Upstream;
-use crate::ratelimit::{Backend, OnBackendError, RateLimitError, RateLimiter, RateLimiterConfig};
+use crate::ratelimit::{RateLimitError, RateLimiter};
 
 /// Entries of the verified-token cache.
 pub const TOKEN_CACHE_CAPACITY: u64 = 200_000;
@@ -108,7 +108,7 @@ impl Snapshot {
         let limiter = match previous {
             Some(prev) if prev.config.rate_limit == config.rate_limit => prev.limiter.clone(),
             _ => Arc::new(RateLimiter::new(
-                limiter_config(&config.rate_limit),
+                config.rate_limit.clone(),
                 metrics.ratelimit.clone(),
             )?),
         };
@@ -153,29 +153,4 @@ async fn futures_join_all<F: std::future::Future>(futs: impl Iterator<Item = F>)
         }
     })
     .await
-}
-
-pub fn limiter_config(s: &RateLimitSettings) -> RateLimiterConfig {
-    RateLimiterConfig {
-        backend: match &s.backend {
-            RateLimitBackendSetting::Memory => Backend::Memory,
-            RateLimitBackendSetting::Redis {
-                url,
-                pool_size,
-                timeout,
-                key_prefix,
-            } => Backend::Redis {
-                url: url.clone(),
-                pool_size: *pool_size,
-                timeout: *timeout,
-                key_prefix: key_prefix.clone(),
-            },
-        },
-        on_backend_error: if s.fail_open {
-            OnBackendError::FailOpen
-        } else {
-            OnBackendError::FailClosed
-        },
-        memory_max_keys: s.memory_max_keys,
-    }
 }

@@ -12,7 +12,7 @@ use jsonwebtoken::Algorithm;
 use super::file::*;
 use super::{ConfigError, Problem};
 use crate::policy::{KeySource, PathTemplate, RequiredScopes};
-use crate::ratelimit::LimitSpec;
+use crate::ratelimit::{Backend, LimitSpec, OnBackendError, RateLimiterConfig};
 
 /// The validated configuration the gateway runs on.
 #[derive(Debug, Clone, PartialEq)]
@@ -20,7 +20,8 @@ pub struct GatewayConfig {
     pub server: ServerSettings,
     pub admin: AdminSettings,
     pub logging: LoggingSettings,
-    pub rate_limit: RateLimitSettings,
+    /// The limiter exactly as `ratelimit` takes it (its `Debug` redacts the Redis password).
+    pub rate_limit: RateLimiterConfig,
     pub issuers: Vec<IssuerConfig>,
     pub upstreams: Vec<UpstreamConfig>,
     pub routes: Vec<RouteConfig>,
@@ -59,24 +60,6 @@ pub struct LoggingSettings {
     pub format: LogFormat,
     pub level: String,
     pub access_log: bool,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub enum RateLimitBackendSetting {
-    Memory,
-    Redis {
-        url: String,
-        pool_size: usize,
-        timeout: Duration,
-        key_prefix: String,
-    },
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct RateLimitSettings {
-    pub backend: RateLimitBackendSetting,
-    pub fail_open: bool,
-    pub memory_max_keys: u64,
 }
 
 /// Where an issuer's keys come from.
@@ -352,7 +335,7 @@ fn logging_settings(f: &LoggingFile, c: &mut Collector) -> LoggingSettings {
     }
 }
 
-fn rate_limit_settings(f: &RateLimitFile, c: &mut Collector) -> RateLimitSettings {
+fn rate_limit_settings(f: &RateLimitFile, c: &mut Collector) -> RateLimiterConfig {
     let pool_size = f.pool_size.unwrap_or(4);
     if pool_size == 0 || pool_size > 256 {
         c.push("rate_limit.pool_size", "must be between 1 and 256");
@@ -362,10 +345,10 @@ fn rate_limit_settings(f: &RateLimitFile, c: &mut Collector) -> RateLimitSetting
         c.push("rate_limit.timeout_ms", "must be between 1 and 10000");
     }
     let backend = match f.backend.as_deref() {
-        None | Some("memory") => RateLimitBackendSetting::Memory,
+        None | Some("memory") => Backend::Memory,
         Some("redis") => match &f.redis_url {
             Some(url) if url.starts_with("redis://") || url.starts_with("rediss://") => {
-                RateLimitBackendSetting::Redis {
+                Backend::Redis {
                     url: url.clone(),
                     pool_size,
                     timeout: Duration::from_millis(timeout_ms),
@@ -377,11 +360,11 @@ fn rate_limit_settings(f: &RateLimitFile, c: &mut Collector) -> RateLimitSetting
                     "rate_limit.redis_url",
                     "must start with redis:// or rediss://",
                 );
-                RateLimitBackendSetting::Memory
+                Backend::Memory
             }
             None => {
                 c.push("rate_limit.redis_url", "required with backend = \"redis\"");
-                RateLimitBackendSetting::Memory
+                Backend::Memory
             }
         },
         Some(other) => {
@@ -389,27 +372,27 @@ fn rate_limit_settings(f: &RateLimitFile, c: &mut Collector) -> RateLimitSetting
                 "rate_limit.backend",
                 format!("{other:?} is not one of \"memory\", \"redis\""),
             );
-            RateLimitBackendSetting::Memory
+            Backend::Memory
         }
     };
-    let fail_open = match f.on_backend_error.as_deref() {
-        None | Some("fail_open") => true,
-        Some("fail_closed") => false,
+    let on_backend_error = match f.on_backend_error.as_deref() {
+        None | Some("fail_open") => OnBackendError::FailOpen,
+        Some("fail_closed") => OnBackendError::FailClosed,
         Some(other) => {
             c.push(
                 "rate_limit.on_backend_error",
                 format!("{other:?} is not one of \"fail_open\", \"fail_closed\""),
             );
-            true
+            OnBackendError::FailOpen
         }
     };
     let memory_max_keys = f.memory_max_keys.unwrap_or(1_000_000);
     if memory_max_keys == 0 {
         c.push("rate_limit.memory_max_keys", "must be at least 1");
     }
-    RateLimitSettings {
+    RateLimiterConfig {
         backend,
-        fail_open,
+        on_backend_error,
         memory_max_keys,
     }
 }

@@ -44,7 +44,7 @@ pub struct LimitSpec {
 }
 
 /// Where the limiter keeps its state.
-#[derive(Clone)]
+#[derive(Clone, PartialEq, Eq)]
 pub enum Backend {
     /// In-process (default): exact per gateway process, not shared between replicas.
     Memory,
@@ -93,7 +93,7 @@ pub enum OnBackendError {
 }
 
 /// The limiter as the operator configured it.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RateLimiterConfig {
     /// Defaults to [`Backend::Memory`].
     pub backend: Backend,
