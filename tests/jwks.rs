@@ -519,37 +519,6 @@ async fn unsupported_keys_in_set_are_skipped_without_failing_set() {
     );
 }
 
-/// Serve one fixed HTTP response to every connection (a JWKS with a chosen media type).
-async fn serve_fixed(content_type: &'static str, body: String) -> std::net::SocketAddr {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut s, _)) = listener.accept().await else {
-                continue;
-            };
-            let body = body.clone();
-            tokio::spawn(async move {
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 4096];
-                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match s.read(&mut chunk).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                    }
-                }
-                let resp = format!(
-                    "HTTP/1.1 200 OK\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                    body.len()
-                );
-                let _ = s.write_all(resp.as_bytes()).await;
-            });
-        }
-    });
-    addr
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jwks_is_accepted_whatever_its_json_media_type() {
     let li = local_issuer().await;
@@ -559,7 +528,7 @@ async fn jwks_is_accepted_whatever_its_json_media_type() {
         "application/json; charset=utf-8",
         "application/jwk-set+json",
     ] {
-        let addr = serve_fixed(ct, li.jwks().to_string()).await;
+        let addr = fixed_http_server(ct, li.jwks().to_string(), Duration::ZERO).await;
         let gw = start(&li, &echo, |i| i.jwks_uri(&format!("http://{addr}/keys"))).await;
         assert_eq!(
             gw.get_with_token("/v1/x", &token(&li, "u", ""))

@@ -1866,40 +1866,6 @@ async fn upgrade_sigquit_hands_listeners_over_with_zero_failed_requests() {
     );
 }
 
-/// A JWKS endpoint that answers `body` only after `delay` (an identity provider far away):
-/// `http://addr/.well-known/jwks.json`.
-async fn slow_jwks_endpoint(body: String, delay: Duration) -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind slow JWKS endpoint");
-    let addr = listener.local_addr().expect("local addr");
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut s, _)) = listener.accept().await else {
-                continue;
-            };
-            let body = body.clone();
-            tokio::spawn(async move {
-                let mut got = Vec::new();
-                let mut buf = [0u8; 4096];
-                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match s.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => got.extend_from_slice(&buf[..n]),
-                    }
-                }
-                tokio::time::sleep(delay).await;
-                let resp = format!(
-                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                    body.len()
-                );
-                let _ = s.write_all(resp.as_bytes()).await;
-            });
-        }
-    });
-    format!("http://{addr}/.well-known/jwks.json")
-}
-
 /// The same hand-over when the identity provider takes 1.5 s to serve its JWKS: the new
 /// process must not answer JWT routes with 503 while the old one still holds good keys.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1911,7 +1877,13 @@ async fn upgrade_with_a_slow_jwks_endpoint_has_zero_failed_requests() {
     let mut gw = TestGateway::start(&cfg).await;
     let tok = token(&li, "upgrader", "read:studies");
     // Same issuer, same keys, served slowly: only the new process reads this file.
-    let slow = slow_jwks_endpoint(li.jwks().to_string(), Duration::from_millis(1500)).await;
+    let slow = fixed_http_server(
+        "application/json",
+        li.jwks().to_string(),
+        Duration::from_millis(1500),
+    )
+    .await;
+    let slow = format!("http://{slow}/.well-known/jwks.json");
     let mut next = cfg.clone();
     next.issuers[0] = IssuerSpec::local("main", &li).jwks_uri(&slow);
     gw.rewrite_config(&next);

@@ -1294,6 +1294,44 @@ pub async fn raw_request_timeout(
     tokio::time::timeout(timeout, work).await.ok().flatten()
 }
 
+/// An HTTP server on loopback that answers every request with `200`, `content_type` and
+/// `body`, after `delay` (a JWKS with a chosen media type; an identity provider far away).
+pub async fn fixed_http_server(
+    content_type: &'static str,
+    body: String,
+    delay: Duration,
+) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind fixed HTTP server");
+    let addr = listener.local_addr().expect("local addr");
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                continue;
+            };
+            let body = body.clone();
+            tokio::spawn(async move {
+                let mut got = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => got.extend_from_slice(&buf[..n]),
+                    }
+                }
+                tokio::time::sleep(delay).await;
+                let resp = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = s.write_all(resp.as_bytes()).await;
+            });
+        }
+    });
+    addr
+}
+
 /// [`raw_request_timeout`] with 5 s.
 pub async fn raw_request(addr: SocketAddr, bytes: &[u8]) -> Option<RawResponse> {
     raw_request_timeout(addr, bytes, Duration::from_secs(5)).await
