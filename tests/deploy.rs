@@ -16,7 +16,7 @@
 
 mod common;
 
-use common::metric_names_in;
+use common::{metric_names_in, self_signed_cert};
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
 use std::net::{TcpListener, ToSocketAddrs};
@@ -763,33 +763,17 @@ fn localise_for_check(table: &mut toml::Table, dir: &Path) -> Vec<String> {
         .and_then(|s| s.get_mut("tls"))
         .and_then(toml::Value::as_table_mut)
     {
-        let cert = dir.join("tls.crt");
-        let key = dir.join("tls.key");
-        let generated = Command::new("openssl")
-            .args([
-                "req",
-                "-x509",
-                "-newkey",
-                "rsa:2048",
-                "-nodes",
-                "-days",
-                "1",
-                "-subj",
-                "/CN=localhost",
-            ])
-            .arg("-keyout")
-            .arg(&key)
-            .arg("-out")
-            .arg(&cert)
-            .output()
-            .map(|o| o.status.success())
-            .unwrap_or(false);
-        if !generated {
-            // Without openssl, readable non-PEM files: enough for a check that only opens them.
-            std::fs::write(&cert, "not a certificate: openssl was not available\n").unwrap();
-            std::fs::write(&key, "not a key: openssl was not available\n").unwrap();
-            notes.push("openssl missing: TLS files are stand-ins, not PEM".to_string());
-        }
+        let (cert, key) = match self_signed_cert(dir) {
+            Ok(pair) => pair,
+            Err(e) => {
+                // Without openssl, readable non-PEM files: enough for a check that only opens them.
+                let (cert, key) = (dir.join("tls.crt"), dir.join("tls.key"));
+                std::fs::write(&cert, "not a certificate: openssl was not available\n").unwrap();
+                std::fs::write(&key, "not a key: openssl was not available\n").unwrap();
+                notes.push(format!("TLS files are stand-ins, not PEM: {e}"));
+                (cert, key)
+            }
+        };
         tls.insert("cert_path".into(), cert.display().to_string().into());
         tls.insert("key_path".into(), key.display().to_string().into());
         notes.push(format!("server.tls -> {}", dir.display()));

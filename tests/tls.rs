@@ -10,7 +10,6 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 use common::*;
@@ -18,46 +17,7 @@ use serde_json::json;
 
 /// A self-signed certificate for `localhost` and 127.0.0.1 in `dir`: (cert.pem, key.pem).
 fn self_signed(dir: &Path) -> (PathBuf, PathBuf) {
-    let cert = dir.join("cert.pem");
-    let key = dir.join("key.pem");
-    let out = Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-subj",
-            "/CN=localhost",
-            "-addext",
-            "subjectAltName=DNS:localhost,IP:127.0.0.1",
-            "-addext",
-            "basicConstraints=critical,CA:FALSE",
-            "-addext",
-            "extendedKeyUsage=serverAuth",
-            "-days",
-            "1",
-            "-keyout",
-        ])
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .output();
-    let out = match out {
-        Ok(o) => o,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => panic!(
-            "the `openssl` command is not installed: the TLS tests make their certificate with \
-             it (Debian package `openssl`: apt-get install -y openssl)"
-        ),
-        Err(e) => panic!("cannot run openssl: {e}"),
-    };
-    assert!(
-        out.status.success(),
-        "openssl req failed ({}): {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (cert, key)
+    self_signed_cert(dir).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// `[server.tls]` with these files.

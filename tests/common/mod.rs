@@ -1332,6 +1332,50 @@ pub async fn fixed_http_server(
     addr
 }
 
+/// A self-signed certificate for `localhost` and 127.0.0.1 in `dir`, valid one day, made with
+/// the `openssl` command: (cert.pem, key.pem), or why it could not be made.
+pub fn self_signed_cert(dir: &Path) -> Result<(PathBuf, PathBuf), String> {
+    let cert = dir.join("cert.pem");
+    let key = dir.join("key.pem");
+    let out = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=DNS:localhost,IP:127.0.0.1",
+            "-addext",
+            "basicConstraints=critical,CA:FALSE",
+            "-addext",
+            "extendedKeyUsage=serverAuth",
+            "-days",
+            "1",
+            "-keyout",
+        ])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => "the `openssl` command is not installed: the TLS \
+                 certificates are made with it (Debian package `openssl`)"
+                .to_string(),
+            _ => format!("cannot run openssl: {e}"),
+        })?;
+    if !out.status.success() {
+        return Err(format!(
+            "openssl req failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok((cert, key))
+}
+
 /// [`raw_request_timeout`] with 5 s.
 pub async fn raw_request(addr: SocketAddr, bytes: &[u8]) -> Option<RawResponse> {
     raw_request_timeout(addr, bytes, Duration::from_secs(5)).await
