@@ -1022,41 +1022,34 @@ fn assert_log_has_no_secrets(log: &str, secrets: &[String]) {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn logs_at_debug_level_never_contain_tokens_or_secrets() {
+/// Runs traffic full of secrets through a gateway logging at `level` (set by `verbose`) and
+/// checks that records of that level were written and that none holds a secret.
+async fn assert_verbose_logs_have_no_secrets(verbose: impl FnOnce(Config) -> Config, level: &str) {
     let li = local_issuer().await;
     let echo = echo_upstream().await;
     let dead = DeadPort::new();
     let redis = DeadPort::new();
-    let cfg = secrets_config(&li, &echo, &dead, &redis).log_level("debug");
+    let cfg = verbose(secrets_config(&li, &echo, &dead, &redis));
     let gw = TestGateway::start(&cfg).await;
     let secrets = traffic_with_secrets(&gw, &li).await;
     wait_access_lines(&gw, 12).await;
     let log = gw.logs();
-    // The level took effect: debug records are written (e.g. the JWKS client's).
+    // The level took effect (e.g. the JWKS client's debug records are written).
     assert!(
-        json_lines(&log).iter().any(|l| l["level"] == "DEBUG"),
-        "no DEBUG record with level = \"debug\"; log:\n{log}"
+        json_lines(&log).iter().any(|l| l["level"] == level),
+        "no {level} record; log:\n{log}"
     );
     assert_log_has_no_secrets(&log, &secrets);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_at_debug_level_never_contain_tokens_or_secrets() {
+    assert_verbose_logs_have_no_secrets(|c| c.log_level("debug"), "DEBUG").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn logs_with_rust_log_trace_never_contain_tokens_or_secrets() {
-    let li = local_issuer().await;
-    let echo = echo_upstream().await;
-    let dead = DeadPort::new();
-    let redis = DeadPort::new();
-    let cfg = secrets_config(&li, &echo, &dead, &redis).env("RUST_LOG", "trace");
-    let gw = TestGateway::start(&cfg).await;
-    let secrets = traffic_with_secrets(&gw, &li).await;
-    wait_access_lines(&gw, 12).await;
-    let log = gw.logs();
-    assert!(
-        json_lines(&log).iter().any(|l| l["level"] == "TRACE"),
-        "RUST_LOG=trace wrote no TRACE record; log:\n{log}"
-    );
-    assert_log_has_no_secrets(&log, &secrets);
+    assert_verbose_logs_have_no_secrets(|c| c.env("RUST_LOG", "trace"), "TRACE").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
