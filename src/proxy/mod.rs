@@ -6,6 +6,7 @@ mod clientkey;
 mod reject;
 mod upstream;
 
+use std::borrow::Cow;
 use std::fmt::Write as _;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -251,54 +252,55 @@ impl Gateway {
         ctx: &mut RequestCtx,
         route: &Route,
     ) -> Result<String, Reject> {
+        // Values are borrowed where they can be (the subject, a header) and copied once, into
+        // the key. The principal is held by its own handle so `ctx` stays free to update.
+        let principal = ctx.principal.clone();
         for source in &route.limit_key {
-            if matches!(source, KeySource::Sub) {
-                // The common case, without copying the subject first.
-                match ctx.principal.as_ref().and_then(|p| p.sub()) {
-                    Some(sub) => return Ok(clientkey::key(source.tag(), sub)),
-                    None => continue,
-                }
-            }
             let req = session.req_header();
-            let value = match source {
-                KeySource::Sub => None, // answered above
-                KeySource::Ip => ctx.client_ip.map(|ip| ip.to_string()),
+            let value: Option<Cow<'_, str>> = match source {
+                KeySource::Sub => principal.as_deref().and_then(Principal::sub).map(Cow::from),
+                KeySource::Ip => ctx.client_ip.map(|ip| Cow::from(ip.to_string())),
                 KeySource::Header(name) => req
                     .headers
                     .get(name.as_str())
                     .and_then(|v| v.to_str().ok())
-                    .map(|v| v.trim().to_string())
-                    .filter(|v| !v.is_empty()),
+                    .map(str::trim)
+                    .filter(|v| !v.is_empty())
+                    .map(Cow::from),
                 KeySource::Cookie(name) => clientkey::cookie(
                     req.headers.get_all(COOKIE).iter().map(|v| v.as_bytes()),
                     name,
-                ),
-                KeySource::Query(name) => clientkey::query_param(req.uri.query(), name),
+                )
+                .map(Cow::from),
+                KeySource::Query(name) => {
+                    clientkey::query_param(req.uri.query(), name).map(Cow::from)
+                }
                 KeySource::ClientId => {
-                    let from_token = ctx
-                        .principal
-                        .as_ref()
-                        .and_then(|p| p.client_id().map(str::to_string));
+                    let from_token = principal
+                        .as_deref()
+                        .and_then(Principal::client_id)
+                        .map(str::to_string);
                     let from_basic = || {
                         req.headers
                             .get(AUTHORIZATION)
                             .and_then(|v| clientkey::basic_client_id(v.as_bytes()))
                     };
-                    match from_token.or_else(from_basic) {
+                    let id = match from_token.or_else(from_basic) {
                         Some(id) => Some(id),
                         None => self.body_client_id(session, &ctx.snap).await?,
+                    };
+                    if let Some(id) = &id {
+                        ctx.client_id = Some(id.clone());
                     }
+                    id.map(Cow::from)
                 }
             };
             if let Some(v) = value {
-                if matches!(source, KeySource::ClientId) {
-                    ctx.client_id = Some(v.clone());
-                }
                 let tag = match source {
-                    KeySource::Header(n) => format!("header:{n}"),
-                    KeySource::Cookie(n) => format!("cookie:{n}"),
-                    KeySource::Query(n) => format!("query:{n}"),
-                    other => other.tag().to_string(),
+                    KeySource::Header(n) => Cow::from(format!("header:{n}")),
+                    KeySource::Cookie(n) => Cow::from(format!("cookie:{n}")),
+                    KeySource::Query(n) => Cow::from(format!("query:{n}")),
+                    other => Cow::from(other.tag()),
                 };
                 return Ok(clientkey::key(&tag, &v));
             }
