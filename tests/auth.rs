@@ -176,21 +176,31 @@ async fn missing_token_on_jwt_route_is_rejected_401_without_error_attribute() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn basic_scheme_is_rejected_400_invalid_request() {
+async fn other_scheme_is_401_without_error_and_bad_bearer_is_400() {
+    // RFC 6750 §3.1: a request in another authentication scheme carries no bearer
+    // credentials, so it gets the bare challenge; a malformed Bearer one is invalid_request.
     let env = Env::start().await;
-    let r = env.get_auth("/v1/studies/1", "Basic dXNlcjpwYXNz").await;
-    assert_invalid_request(&r);
+    let before = env.echo.hits();
     for other in [
+        "Basic dXNlcjpwYXNz",
         "Digest username=\"x\"",
         "Token abc",
-        "Bearer",
-        "Bearer ",
+        "DPoP abc.def.ghi",
         "Bearerabc.def.ghi",
-        "Bearer a b",
     ] {
         let r = env.get_auth("/v1/studies/1", other).await;
+        assert_missing_token(&r);
+        assert_eq!(
+            r.header("www-authenticate").unwrap(),
+            format!("Bearer realm=\"{REALM}\""),
+            "{other}"
+        );
+    }
+    for bad in ["Bearer", "Bearer ", "Bearer a b"] {
+        let r = env.get_auth("/v1/studies/1", bad).await;
         assert_invalid_request(&r);
     }
+    assert_eq!(env.echo.hits(), before);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -989,6 +999,17 @@ async fn metrics_count_requests_by_route_and_status_and_auth_failures_by_reason(
             .status,
         200
     );
+    // The request counters are written when a request's log phase ends, just after its
+    // response: wait for the last one.
+    let counted = eventually(Duration::from_secs(5), || async {
+        metric_value(
+            &env.gw.metrics().await,
+            "gateway_requests_total",
+            &[("route", "studies"), ("status", "200")],
+        ) == 1.0
+    })
+    .await;
+    assert!(counted, "the 200 was never counted");
     let m = env.gw.metrics().await;
     let req = |status: &str| {
         metric_value(

@@ -37,9 +37,11 @@ static B64TOKEN: [bool; 256] = {
 
 /// Parse the `Authorization` header values of a request.
 ///
-/// - no header: [`AuthError::MissingToken`] (401 without an error attribute);
-/// - two headers, another scheme, no token, spaces or bad characters in the token, or a value
-///   longer than `max_len`: [`AuthError::InvalidRequest`] (400).
+/// - no header, or only another scheme (`Basic …`, `DPoP …`): [`AuthError::MissingToken`]
+///   (401 without an error attribute: RFC 6750 §3.1 counts an unsupported authentication
+///   method as no credentials);
+/// - two headers, an empty value, `Bearer` without a token, spaces or bad characters in the
+///   token, or a value longer than `max_len`: [`AuthError::InvalidRequest`] (400).
 pub fn from_authorization<'a>(
     mut values: impl Iterator<Item = &'a [u8]>,
     max_len: usize,
@@ -62,10 +64,11 @@ pub fn from_authorization<'a>(
         Some((s, r)) => (s, r),
         None => (value, ""),
     };
+    if scheme.is_empty() {
+        return Err(AuthError::InvalidRequest("Authorization header is empty"));
+    }
     if !scheme.eq_ignore_ascii_case("bearer") {
-        return Err(AuthError::InvalidRequest(
-            "Authorization must use the Bearer scheme",
-        ));
+        return Err(AuthError::MissingToken);
     }
     let token = rest.trim_start_matches(' ');
     if token.is_empty() {
@@ -132,19 +135,29 @@ mod tests {
     }
 
     #[test]
-    fn bearer_missing_header_is_missing_token() {
+    fn bearer_missing_header_or_other_scheme_is_missing_token() {
         assert!(matches!(parse(&[]), Err(AuthError::MissingToken)));
+        for other in [
+            "Basic dXNlcjpwYXNz",
+            "DPoP abc.def.ghi",
+            "Digest username=\"x\"",
+            "Bearerabc",
+        ] {
+            assert!(
+                matches!(parse(&[other]), Err(AuthError::MissingToken)),
+                "{other}"
+            );
+        }
     }
 
     #[test]
     fn bearer_bad_forms_are_invalid_request() {
         for bad in [
-            vec!["Basic dXNlcjpwYXNz"],
             vec!["Bearer"],
             vec!["Bearer "],
             vec!["Bearer a b"],
             vec!["Bearer a\"b"],
-            vec!["Bearerabc"],
+            vec!["Basic dXNlcjpwYXNz", "Bearer a.b.c"],
             vec!["Bearer a.b.c", "Bearer a.b.c"],
             vec![""],
         ] {
