@@ -668,7 +668,12 @@ fn deploy_configmap_gateway_toml_is_valid_toml() {
             upstreams.contains(up),
             "route {name}: unknown upstream {up}"
         );
-        if let Some(rl) = r.get("rate_limit") {
+        // One limit (a table) or several (an array of tables): the first is the documented one.
+        let first = r.get("rate_limit").and_then(|rl| match rl {
+            toml::Value::Array(all) => all.first(),
+            one => Some(one),
+        });
+        if let Some(rl) = first {
             let requests = rl.get("requests").and_then(toml::Value::as_integer);
             let period = rl
                 .get("period")

@@ -922,12 +922,20 @@ async fn traffic_with_secrets(gw: &TestGateway, li: &LocalIssuer) -> Vec<String>
     assert_eq!(r.status, 200, "{}", r.describe());
     let r = gw.get_with_token("/v1/rl/y", &limited).await;
     assert_eq!(r.status, 200, "{}", r.describe());
-    // Basic credentials on a client_id-keyed route.
+    // Basic credentials on a client_id-keyed route, and a client secret in a form body
+    // (client_secret_post; one method per request, RFC 6749 §2.3).
     let r = send(
         gw.post("/v1/basic/token")
             .basic_auth("client-basic", Some(BASIC_PASSWORD))
             .header("content-type", "application/x-www-form-urlencoded")
-            .body("grant_type=client_credentials&client_secret=form-secret-77a1"),
+            .body("grant_type=client_credentials"),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.describe());
+    let r = send(
+        gw.post("/v1/basic/token")
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body("grant_type=client_credentials&client_id=client-post&client_secret=form-secret-77a1"),
     )
     .await;
     assert_eq!(r.status, 200, "{}", r.describe());

@@ -84,7 +84,9 @@ fn shipped_text(
     if let Some(rl) = rate_limit {
         t = replace_once(&t, "backend = \"memory\"", rl);
     }
-    t
+    // These tests speak plain HTTP on loopback; the shipped OAuth routes are HTTPS-only
+    // (`shipped_oauth_routes_refuse_plain_http` checks that as shipped).
+    t.replace("require_tls = true", "require_tls = false")
 }
 
 /// The shipped config in front of a local issuer (its `iss`/`aud`) and two echo upstreams.
@@ -97,6 +99,11 @@ struct Shipped {
 
 impl Shipped {
     async fn start(rate_limit: Option<String>) -> Shipped {
+        Self::start_with(rate_limit, |t| t).await
+    }
+
+    /// As shipped, with `tweak` applied to the text after the test's own replacements.
+    async fn start_with(rate_limit: Option<String>, tweak: impl Fn(String) -> String) -> Shipped {
         let issuer = LocalIssuer::start(Some(SHIPPED_ISS), SHIPPED_AUD)
             .await
             .expect("local issuer");
@@ -106,7 +113,7 @@ impl Shipped {
             std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/gateway.toml"))
                 .expect("read config/gateway.toml");
         let gw = TestGateway::start_text(|listen, admin, dir| {
-            shipped_text(
+            tweak(shipped_text(
                 &shipped,
                 listen,
                 admin,
@@ -115,7 +122,7 @@ impl Shipped {
                 &api,
                 &auth,
                 rate_limit.as_deref(),
-            )
+            ))
         })
         .await;
         Shipped {
@@ -237,12 +244,10 @@ fn assert_limited(r: &Reply, limit: u32, period: u64, policy: &str, since: Durat
 /// reaches the upstream. Returns that 429.
 async fn admits_exactly(
     echo: &EchoUpstream,
-    n: u32,
-    period: u64,
+    (n, period, policy): (u32, u64, &str),
     what: &str,
     mut make: impl FnMut(u32) -> reqwest::RequestBuilder,
 ) -> Reply {
-    let policy = format!("{n};w={period}");
     let first = Instant::now();
     for i in 0..n {
         let before = echo.hits();
@@ -259,7 +264,7 @@ async fn admits_exactly(
             before + 1,
             "{what}: admitted request forwarded"
         );
-        assert_rate_headers(&r, n, n - 1 - i, period, &policy);
+        assert_rate_headers(&r, n, n - 1 - i, period, policy);
     }
     let before = echo.hits();
     let r = send(make(n)).await;
@@ -270,7 +275,7 @@ async fn admits_exactly(
         n + 1,
         r.describe()
     );
-    assert_limited(&r, n, period, &policy, first.elapsed());
+    assert_limited(&r, n, period, policy, first.elapsed());
     assert_eq!(
         echo.hits(),
         before,
@@ -285,6 +290,40 @@ async fn sleep_until(t: Instant) {
 
 // ------------------------------------------------------------------------------- shipped limits
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shipped_oauth_routes_refuse_plain_http() {
+    // Undo the plain-HTTP switch of `shipped_text`: the file as shipped, except a trusted
+    // balancer on loopback so that one request can come "over TLS".
+    let env = Shipped::start_with(None, |t| {
+        t.replace("require_tls = false", "require_tls = true")
+            .replacen(
+                "trusted_proxies = []",
+                "trusted_proxies = [\"127.0.0.1/32\"]",
+                1,
+            )
+    })
+    .await;
+    let before = env.auth.hits();
+    for (method, path) in [
+        ("GET", "/v1/oauth/authorize"),
+        ("POST", "/v1/oauth/token"),
+        ("POST", "/v1/oauth/refresh"),
+        ("GET", "/v1/oauth/userinfo"),
+        ("POST", "/oauth/revoke"),
+    ] {
+        let r = send(env.gw.request(method, path)).await;
+        assert_json_error(&r, 403, "invalid_request");
+    }
+    assert_eq!(env.auth.hits(), before, "nothing reached the auth server");
+    let r = send(
+        env.gw
+            .request("POST", "/oauth/revoke")
+            .header("x-forwarded-proto", "https"),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.describe());
+}
+
 /// `/v1/oauth/authorize`: 20 per minute per session cookie, else per IP.
 async fn check_authorize(env: &Shipped) {
     let gw = &env.gw;
@@ -297,9 +336,12 @@ async fn check_authorize(env: &Shipped) {
     };
     let alice = fresh("alice-session");
     let t0 = Instant::now();
-    admits_exactly(&env.auth, 20, 60, "authorize, session cookie", |_| {
-        get(Some(format!("lang=en; session={alice}")))
-    })
+    admits_exactly(
+        &env.auth,
+        (20, 60, "20;w=60"),
+        "authorize, session cookie",
+        |_| get(Some(format!("lang=en; session={alice}"))),
+    )
     .await;
     // Still limited: the cookie is the key, whatever else the request carries.
     let r = send(get(Some(format!("session={alice}")))).await;
@@ -308,9 +350,12 @@ async fn check_authorize(env: &Shipped) {
     let r = send(get(Some(format!("session={}", fresh("bob-session"))))).await;
     assert_eq!(r.status, 200, "{}", r.describe());
     assert_rate_headers(&r, 20, 19, 60, "20;w=60");
-    admits_exactly(&env.auth, 20, 60, "authorize, no session: ip", |_| {
-        get(None)
-    })
+    admits_exactly(
+        &env.auth,
+        (20, 60, "20;w=60"),
+        "authorize, no session: ip",
+        |_| get(None),
+    )
     .await;
     // An empty session cookie yields no value: the IP key, limited.
     let r = send(get(Some("session=".into()))).await;
@@ -324,18 +369,26 @@ async fn check_authorize(env: &Shipped) {
     assert_eq!(r.status, 200, "{}", r.describe());
 }
 
+/// The shipped token and refresh routes: 60 per minute per client, 300 per minute per address.
+const TOKEN_POLICY: &str = "60;w=60, 300;w=60";
+
 /// `/v1/oauth/token` (`refresh = false`) or `/v1/oauth/refresh`: 60 per minute per client.
 async fn check_token_endpoint(env: &Shipped, path: &str) {
     let gw = &env.gw;
     let app = fresh("app-one");
     let form = "grant_type=client_credentials&scope=read%3Astudies";
     let t0 = Instant::now();
-    admits_exactly(&env.auth, 60, 60, &format!("{path}, Basic client"), |_| {
-        gw.post(path)
-            .basic_auth(&app, Some("s3cret"))
-            .header("content-type", "application/x-www-form-urlencoded")
-            .body(form)
-    })
+    admits_exactly(
+        &env.auth,
+        (60, 60, TOKEN_POLICY),
+        &format!("{path}, Basic client"),
+        |_| {
+            gw.post(path)
+                .basic_auth(&app, Some("s3cret"))
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body(form)
+        },
+    )
     .await;
     // The same client named in a form body or a JSON body is the same key.
     let r = send(
@@ -344,14 +397,14 @@ async fn check_token_endpoint(env: &Shipped, path: &str) {
             .body(format!("grant_type=refresh_token&client_id={app}")),
     )
     .await;
-    assert_limited(&r, 60, 60, "60;w=60", t0.elapsed());
+    assert_limited(&r, 60, 60, TOKEN_POLICY, t0.elapsed());
     let r = send(
         gw.post(path)
             .header("content-type", "application/json")
             .body(json!({"client_id": app, "grant_type": "refresh_token"}).to_string()),
     )
     .await;
-    assert_limited(&r, 60, 60, "60;w=60", t0.elapsed());
+    assert_limited(&r, 60, 60, TOKEN_POLICY, t0.elapsed());
     // Another client is unaffected.
     let body = format!(
         "grant_type=client_credentials&client_id={}",
@@ -363,12 +416,12 @@ async fn check_token_endpoint(env: &Shipped, path: &str) {
             .body(body.clone()),
     )
     .await;
-    assert_rate_headers(&r, 60, 59, 60, "60;w=60");
+    assert_rate_headers(&r, 60, 59, 60, TOKEN_POLICY);
     assert_eq!(r.echo()["body"], body, "body forwarded unchanged");
     // No client id anywhere: the IP key, its own count.
     let r = send(gw.post(path)).await;
     assert_eq!(r.status, 200, "{}", r.describe());
-    assert_rate_headers(&r, 60, 59, 60, "60;w=60");
+    assert_rate_headers(&r, 60, 59, 60, TOKEN_POLICY);
 }
 
 /// `/v1/oauth/userinfo`: 120 per minute per subject, GET and POST together.
@@ -381,7 +434,7 @@ async fn check_userinfo(env: &Shipped) {
     let alice = fresh("alice");
     let token = env.token(&alice, "portal");
     let t0 = Instant::now();
-    admits_exactly(&env.auth, 120, 60, "userinfo, sub", |i| {
+    admits_exactly(&env.auth, (120, 60, "120;w=60"), "userinfo, sub", |i| {
         let rb = if i % 2 == 0 {
             gw.get("/v1/oauth/userinfo")
         } else {
@@ -424,14 +477,17 @@ async fn shipped_refresh_limit_counts_separately_from_token() {
             .header("content-type", "application/x-www-form-urlencoded")
             .body("grant_type=refresh_token&refresh_token=abc")
     };
-    admits_exactly(&env.auth, 60, 60, "token endpoint", |_| {
+    admits_exactly(&env.auth, (60, 60, TOKEN_POLICY), "token endpoint", |_| {
         post("/v1/oauth/token")
     })
     .await;
     // The token endpoint being exhausted for this client leaves its refresh count whole ...
-    admits_exactly(&env.auth, 60, 60, "refresh endpoint", |_| {
-        post("/v1/oauth/refresh")
-    })
+    admits_exactly(
+        &env.auth,
+        (60, 60, TOKEN_POLICY),
+        "refresh endpoint",
+        |_| post("/v1/oauth/refresh"),
+    )
     .await;
     // ... and both stay limited.
     assert_eq!(send(post("/v1/oauth/token")).await.status, 429);
@@ -779,8 +835,18 @@ async fn client_id_from_basic_form_and_json_is_one_key_and_body_reaches_upstream
     // ... and in a JSON body: the third request of app-a.
     let r = send(json_body(post(), &json!({"client_id": "app-a"}))).await;
     assert_eq!(r.status, 429, "JSON body client_id app-a: {}", r.describe());
-    // Basic wins over a body naming another client.
+    // Basic beside a body naming another client is refused (RFC 6749 §2.3: the server could
+    // read either); naming the same client in both is one client.
     let body = json!({"client_id": "app-a", "grant_type": "client_credentials"}).to_string();
+    let r = send(
+        post()
+            .basic_auth("app-b", Some("pw"))
+            .header("content-type", "application/json")
+            .body(body.clone()),
+    )
+    .await;
+    assert_json_error(&r, 400, "invalid_request");
+    let body = json!({"client_id": "app-b", "grant_type": "client_credentials"}).to_string();
     let r = send(
         post()
             .basic_auth("app-b", Some("pw"))
@@ -1084,8 +1150,9 @@ async fn token_endpoint_oversized_body_is_rejected_413_not_5xx() {
     assert_eq!(r.header("ratelimit-remaining"), Some("49"));
     let e: Value = serde_json::from_slice(&r.body).expect("echo JSON");
     assert_eq!(e["body"], "client_id=chunky&x=1", "{e}");
-    // Bodies that need no reading are not bounded: a type that is never read, or a client
-    // already named by Basic credentials.
+    // Bodies that need no reading are not bounded: a type that is never read. A form body
+    // beside Basic credentials is read all the same (it must not name another client or carry
+    // a client_secret), so it is bounded too.
     let big = vec![b'z'; 4000];
     let r = send(
         gw.post("/v1/oauth/token")
@@ -1095,13 +1162,15 @@ async fn token_endpoint_oversized_body_is_rejected_413_not_5xx() {
     .await;
     assert_body_forwarded(&r, &big);
     let big = form_of(4000);
+    let hits = env.echo.hits();
     let r = send(form(
         gw.post("/v1/oauth/token")
             .basic_auth("app-basic", Some("pw")),
         big.clone(),
     ))
     .await;
-    assert_body_forwarded(&r, &big);
+    assert_json_error(&r, 413, "invalid_request");
+    assert_eq!(env.echo.hits(), hits);
 }
 
 /// RFC 9110 §10.1.1: a proxy receiving `Expect: 100-continue` either answers with a final

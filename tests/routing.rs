@@ -261,15 +261,29 @@ async fn path_normalisation_bypass_attempts_are_treated_as_admin() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn path_encoded_slash_stays_encoded_when_forwarded() {
-    let (_li, _echo, gw) = public_and_admin().await;
-    let r = raw_get(&gw, "/v1/public/a%2Fb", &[]).await;
+async fn path_encoded_slash_is_refused_unless_the_route_opts_in() {
+    let (_li, echo, gw) = public_and_admin().await;
+    let before = echo.hits();
+    for p in ["/v1/public/a%2Fb", "/v1/public/a%2fb", "/v1/public/a%5Cb"] {
+        let r = raw_get(&gw, p, &[]).await;
+        assert_raw_error(&r, 400, "invalid_request", p);
+    }
+    assert_eq!(echo.hits(), before);
+    drop(gw);
+    // Opted in: forwarded with the slash still encoded (upper-case hex).
+    let (li, echo) = issuer_and_echo().await;
+    let gw = TestGateway::start(
+        &Config::basic(&li, &echo).route(
+            RouteSpec::new("public", "/v1/public/*", "api")
+                .public()
+                .set("allow_encoded_slashes", true),
+        ),
+    )
+    .await;
+    let r = raw_get(&gw, "/v1/public/a%2fb", &[]).await;
     assert_eq!(r.status, 200, "{}", r.text());
     let path = raw_json(&r)["path"].as_str().unwrap().to_string();
-    assert!(
-        path.eq_ignore_ascii_case("/v1/public/a%2Fb"),
-        "upstream path {path}"
-    );
+    assert_eq!(path, "/v1/public/a%2Fb", "upstream path");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -52,6 +52,36 @@ fn routes(cfg: Config) -> Config {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn require_tls_routes_are_served_on_the_tls_listener() {
+    let li = local_issuer().await;
+    let echo = echo_upstream().await;
+    let certs = tempfile::tempdir().expect("tempdir");
+    let (cert, key) = self_signed(certs.path());
+    let cfg = Config::basic(&li, &echo)
+        .server_set("require_tls", true)
+        .route(RouteSpec::new("public", "/v1/public/*", "api").public());
+    let gw = TestGateway::start(&with_tls(cfg, &cert, &key)).await;
+    let r = send(https_client(&cert).get(format!(
+        "https://127.0.0.1:{}/v1/public/x",
+        gw.addr().port()
+    )))
+    .await;
+    assert_eq!(r.echo()["headers"]["x-forwarded-proto"], "https");
+    // The server default applies to every route: plain HTTP on a second, plain gateway is refused.
+    let plain = TestGateway::start(
+        &Config::basic(&li, &echo)
+            .server_set("require_tls", true)
+            .route(RouteSpec::new("public", "/v1/public/*", "api").public()),
+    )
+    .await;
+    assert_json_error(
+        &send(plain.get("/v1/public/x")).await,
+        403,
+        "invalid_request",
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_listener_serves_jwt_route_over_https_and_forwards_proto_https() {
     let li = local_issuer().await;
     let echo = echo_upstream().await;

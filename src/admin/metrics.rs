@@ -31,6 +31,9 @@ pub struct Metrics {
     pub ratelimit: std::sync::Arc<RateLimitMetrics>,
     /// Requests being handled now.
     pub in_flight: IntGauge,
+    /// `gateway_rejections_total{route, reason}`: requests the gateway answered itself, by
+    /// the bounded reason of the access log (`bad_target`, `encoded_slash`, `tls_required`, …).
+    pub rejections: IntCounterVec,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -160,6 +163,14 @@ impl Metrics {
             .set(1);
         let in_flight = IntGauge::new("gateway_requests_in_flight", "Requests being handled")?;
         reg(Box::new(in_flight.clone()))?;
+        let rejections = IntCounterVec::new(
+            Opts::new(
+                "gateway_rejections_total",
+                "Requests answered by the gateway itself (never forwarded), by route and reason",
+            ),
+            &["route", "reason"],
+        )?;
+        reg(Box::new(rejections.clone()))?;
         let ratelimit = std::sync::Arc::new(RateLimitMetrics::new(&registry)?);
         Ok(Metrics {
             registry,
@@ -182,6 +193,7 @@ impl Metrics {
             token_cache_entries,
             ratelimit,
             in_flight,
+            rejections,
         })
     }
 

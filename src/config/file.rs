@@ -55,6 +55,13 @@ pub struct ServerFile {
     pub upgrade_sock: Option<String>,
     /// Pid file (used by the upgrade procedure). Defaults to `/tmp/wetrials-gateway.pid`.
     pub pid_file: Option<String>,
+    /// Default of the routes' `require_tls`. Defaults to false.
+    pub require_tls: Option<bool>,
+    /// Status for a plain-HTTP request on a `require_tls` route: 403 (default) or 426.
+    pub require_tls_status: Option<u16>,
+    /// Request header names with `_`: `drop` (default; not forwarded), `refuse` (400) or
+    /// `forward`. Names that read as a header the gateway sets are dropped whatever this says.
+    pub headers_with_underscores: Option<String>,
 }
 
 impl Default for ServerFile {
@@ -71,6 +78,9 @@ impl Default for ServerFile {
             h2c: None,
             upgrade_sock: None,
             pid_file: None,
+            require_tls: None,
+            require_tls_status: None,
+            headers_with_underscores: None,
         }
     }
 }
@@ -220,6 +230,11 @@ pub struct RouteFile {
     pub token_cookie: Option<String>,
     /// One limit (`[routes.rate_limit]`) or several (`[[routes.rate_limit]]`).
     pub rate_limit: Option<OneOrMany<RateLimitRuleFile>>,
+    /// Keep `%2F`, `%5C` and `\` in paths instead of refusing them (400). Unsafe with prefix
+    /// routes in front of upstreams that decode them. Defaults to false.
+    pub allow_encoded_slashes: Option<bool>,
+    /// Refuse requests that did not arrive over TLS. Defaults to `server.require_tls`.
+    pub require_tls: Option<bool>,
 }
 
 /// A table or an array of tables.

@@ -250,10 +250,11 @@ mod tests {
                 .iter()
                 .find(|r| r.name == name)
                 .unwrap_or_else(|| panic!("route {name}"));
+            let g = &r.limit_groups[0];
             (
-                r.limits[0].requests,
-                r.limits[0].period.as_secs(),
-                r.limit_key.clone(),
+                g.limits[0].requests,
+                g.limits[0].period.as_secs(),
+                g.key.clone(),
             )
         };
         assert_eq!(limit("oauth-authorize").0, 20);

@@ -25,6 +25,9 @@ const SERVER: &[&str] = &[
     "h2c",
     "upgrade_sock",
     "pid_file",
+    "require_tls",
+    "require_tls_status",
+    "headers_with_underscores",
 ];
 const TLS: &[&str] = &["cert_path", "key_path"];
 const ADMIN: &[&str] = &["listen"];
@@ -76,6 +79,8 @@ const ROUTE: &[&str] = &[
     "token_query_param",
     "token_cookie",
     "rate_limit",
+    "allow_encoded_slashes",
+    "require_tls",
 ];
 const RULE: &[&str] = &["requests", "period", "key"];
 

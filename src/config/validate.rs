@@ -11,7 +11,7 @@ use jsonwebtoken::Algorithm;
 
 use super::file::*;
 use super::{ConfigError, Problem};
-use crate::policy::{KeySource, PathTemplate, RequiredScopes};
+use crate::policy::{KeySource, LimitGroup, PathTemplate, RequiredScopes};
 use crate::ratelimit::{Backend, LimitSpec, OnBackendError, RateLimiterConfig};
 
 /// The validated configuration the gateway runs on.
@@ -40,6 +40,22 @@ pub struct ServerSettings {
     pub h2c: bool,
     pub upgrade_sock: String,
     pub pid_file: String,
+    pub require_tls: bool,
+    /// 403 or 426.
+    pub require_tls_status: u16,
+    pub headers_with_underscores: UnderscoreHeaders,
+}
+
+/// What becomes of request header names holding `_` (CGI/WSGI servers read `X_Auth_Subject`
+/// as `X-Auth-Subject`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UnderscoreHeaders {
+    /// Not forwarded (nginx's default).
+    Drop,
+    /// 400 `invalid_request`.
+    Refuse,
+    /// Forwarded, except names that read as a header the gateway sets.
+    Forward,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -116,8 +132,11 @@ pub struct RouteConfig {
     pub issuers: Option<Vec<String>>,
     pub token_query_param: Option<String>,
     pub token_cookie: Option<String>,
-    pub limits: Vec<LimitSpec>,
-    pub limit_key: Vec<KeySource>,
+    /// Limits grouped by key, in file order.
+    pub limit_groups: Vec<LimitGroup>,
+    pub allow_encoded_slashes: bool,
+    /// `None`: the server default.
+    pub require_tls: Option<bool>,
 }
 
 struct Collector {
@@ -289,6 +308,30 @@ fn server_settings(f: &ServerFile, base_dir: &Path, c: &mut Collector) -> Server
             .pid_file
             .clone()
             .unwrap_or_else(|| "/tmp/wetrials-gateway.pid".into()),
+        require_tls: f.require_tls.unwrap_or(false),
+        require_tls_status: match f.require_tls_status {
+            None => 403,
+            Some(s @ (403 | 426)) => s,
+            Some(s) => {
+                c.push(
+                    "server.require_tls_status",
+                    format!("{s} is neither 403 nor 426"),
+                );
+                403
+            }
+        },
+        headers_with_underscores: match f.headers_with_underscores.as_deref() {
+            None | Some("drop") => UnderscoreHeaders::Drop,
+            Some("refuse") => UnderscoreHeaders::Refuse,
+            Some("forward") => UnderscoreHeaders::Forward,
+            Some(other) => {
+                c.push(
+                    "server.headers_with_underscores",
+                    format!("{other:?} is not one of \"drop\", \"refuse\", \"forward\""),
+                );
+                UnderscoreHeaders::Drop
+            }
+        },
     }
 }
 
@@ -648,8 +691,7 @@ fn route(
             }
         }
     }
-    let mut limits = Vec::new();
-    let mut limit_key: Option<Vec<KeySource>> = None;
+    let mut limit_groups: Vec<LimitGroup> = Vec::new();
     if let Some(rl) = &f.rate_limit {
         for (i, rule) in rl.as_slice().iter().enumerate() {
             let rat = if matches!(rl, OneOrMany::One(_)) {
@@ -660,12 +702,13 @@ fn route(
             if rule.requests == 0 {
                 c.push(format!("{rat}.requests"), "must be at least 1");
             }
+            let mut spec = None;
             match humantime::parse_duration(&rule.period) {
                 Ok(d) if d >= Duration::from_secs(1) && d <= Duration::from_secs(24 * 86_400) => {
-                    limits.push(LimitSpec {
+                    spec = Some(LimitSpec {
                         requests: rule.requests,
                         period: d,
-                    })
+                    });
                 }
                 Ok(_) => c.push(format!("{rat}.period"), "must be between 1s and 24 days"),
                 Err(_) => c.push(
@@ -687,13 +730,15 @@ fn route(
                     Err(e) => c.push(format!("{rat}.key[{k}]"), e),
                 }
             }
-            match &limit_key {
-                None => limit_key = Some(keys),
-                Some(prev) if *prev == keys => {}
-                Some(_) => c.push(
-                    format!("{rat}.key"),
-                    "all limits of one route must use the same key (they are decided together)",
-                ),
+            if let Some(spec) = spec {
+                // Limits with the same key are decided together; another key opens a group.
+                match limit_groups.iter_mut().find(|g| g.key == keys) {
+                    Some(group) => group.limits.push(spec),
+                    None => limit_groups.push(LimitGroup {
+                        limits: vec![spec],
+                        key: keys,
+                    }),
+                }
             }
         }
     }
@@ -713,8 +758,8 @@ fn route(
             }
         }
     }
-    if let Err(e) = crate::ratelimit::RateLimiter::validate_limits(&limits) {
-        if !limits.is_empty() {
+    for group in &limit_groups {
+        if let Err(e) = crate::ratelimit::RateLimiter::validate_limits(&group.limits) {
             c.push(format!("{at}.rate_limit"), e.to_string());
         }
     }
@@ -731,8 +776,9 @@ fn route(
         issuers: f.issuers.clone(),
         token_query_param: f.token_query_param.clone(),
         token_cookie: f.token_cookie.clone(),
-        limits,
-        limit_key: limit_key.unwrap_or_default(),
+        limit_groups,
+        allow_encoded_slashes: f.allow_encoded_slashes.unwrap_or(false),
+        require_tls: f.require_tls,
     })
 }
 
@@ -770,10 +816,11 @@ key = ["cookie:session", "ip"]
     #[test]
     fn contract_example_is_valid() {
         let cfg = from_str(GOOD).unwrap();
-        assert_eq!(cfg.routes[0].limits[0].requests, 20);
-        assert_eq!(cfg.routes[0].limits[0].period, Duration::from_secs(60));
+        let group = &cfg.routes[0].limit_groups[0];
+        assert_eq!(group.limits[0].requests, 20);
+        assert_eq!(group.limits[0].period, Duration::from_secs(60));
         assert_eq!(
-            cfg.routes[0].limit_key,
+            group.key,
             vec![KeySource::Cookie("session".into()), KeySource::Ip]
         );
         assert_eq!(
@@ -822,18 +869,26 @@ key = ["cookie:session", "ip"]
             "[[routes.rate_limit]]\nrequests = 20\nperiod = \"1m\"\nkey = [\"sub\"]\n[[routes.rate_limit]]\nrequests = 200\nperiod = \"1h\"\nkey = [\"sub\"]",
         ))
         .unwrap();
-        assert_eq!(cfg.routes[0].limits.len(), 2);
-        assert_eq!(cfg.routes[0].limits[1].period, Duration::from_secs(3600));
+        assert_eq!(cfg.routes[0].limit_groups.len(), 1);
+        let limits = &cfg.routes[0].limit_groups[0].limits;
+        assert_eq!(limits.len(), 2);
+        assert_eq!(limits[1].period, Duration::from_secs(3600));
     }
 
     #[test]
-    fn different_keys_on_one_route_are_refused() {
-        let err = from_str(&GOOD.replace(
+    fn limits_with_different_keys_form_groups_in_file_order() {
+        let cfg = from_str(&GOOD.replace(
             "[routes.rate_limit]\nrequests = 20\nperiod = \"1m\"\nkey = [\"cookie:session\", \"ip\"]",
-            "[[routes.rate_limit]]\nrequests = 20\nperiod = \"1m\"\nkey = [\"sub\"]\n[[routes.rate_limit]]\nrequests = 200\nperiod = \"1h\"\nkey = [\"ip\"]",
+            "[[routes.rate_limit]]\nrequests = 20\nperiod = \"1m\"\nkey = [\"sub\"]\n[[routes.rate_limit]]\nrequests = 200\nperiod = \"1h\"\nkey = [\"ip\"]\n[[routes.rate_limit]]\nrequests = 50\nperiod = \"10m\"\nkey = [\"sub\"]",
         ))
-        .unwrap_err();
-        assert!(err.to_string().contains("same key"), "{err}");
+        .unwrap();
+        let groups = &cfg.routes[0].limit_groups;
+        assert_eq!(groups.len(), 2);
+        assert_eq!(groups[0].key, vec![KeySource::Sub]);
+        assert_eq!(groups[0].limits.len(), 2);
+        assert_eq!(groups[0].limits[1].requests, 50);
+        assert_eq!(groups[1].key, vec![KeySource::Ip]);
+        assert_eq!(groups[1].limits[0].requests, 200);
     }
 
     #[test]

@@ -2,6 +2,17 @@
 //! order; the first that yields a value wins (`sub | client_id | ip | header:N | cookie:N |
 //! query:N`). Extraction from a request lives in `proxy::clientkey`.
 
+use crate::ratelimit::LimitSpec;
+
+/// The limits of a route that share one key, decided together (all admit, or none counts).
+/// A route's groups are decided in file order, each on its own key: a per-IP limit beside a
+/// per-client one, say.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LimitGroup {
+    pub limits: Vec<LimitSpec>,
+    pub key: Vec<KeySource>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KeySource {
     /// The validated token's `sub`.

@@ -7,7 +7,7 @@ mod path;
 mod routes;
 mod scopes;
 
-pub use keys::KeySource;
-pub use path::{normalize_path, PathError};
+pub use keys::{KeySource, LimitGroup};
+pub use path::{has_encoded_separator, normalize_path, PathError};
 pub use routes::{PathTemplate, Route, RouteTable};
 pub use scopes::{MissingScopes, RequiredScopes};

@@ -1,7 +1,12 @@
 //! Path normalisation, before matching: percent-decoding of unreserved characters,
 //! upper-case hex for what stays encoded, removal of dot segments, empty segments and a
-//! trailing slash. The normalised path is also what the upstream receives, so the gateway and
-//! the upstream always agree on which resource was asked for.
+//! trailing slash. The normalised path is also what the upstream receives.
+//!
+//! Agreement with the upstream needs one more rule: many servers (Flask/Werkzeug, WSGI and
+//! CGI servers, some Node routers) decode `%2F` into `/` before routing, and some read `\` as
+//! `/`. A segment `7%2Fparticipants` is one segment here and two there, so a route like
+//! `/v1/studies/{id}` would cover `/v1/studies/7/participants`. [`has_encoded_separator`]
+//! finds such paths; the route table refuses them unless a route opts in.
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PathError {
@@ -142,6 +147,13 @@ fn utf8_len(first: u8) -> usize {
     }
 }
 
+/// Does a normalised path hold an encoded slash or backslash (`%2F`, `%5C`) or a raw `\`?
+/// Escapes are upper-case after [`normalize_path`], and a canonical path (the borrowed
+/// result) holds neither `%` nor `\`, so this runs only on paths that were rewritten.
+pub fn has_encoded_separator(normalised: &str) -> bool {
+    normalised.contains('\\') || normalised.contains("%2F") || normalised.contains("%5C")
+}
+
 /// Fast check: only unreserved characters and safe sub-delims, no `%`, no empty or dot
 /// segments, no trailing slash.
 fn is_canonical(b: &[u8]) -> bool {
@@ -256,6 +268,29 @@ mod tests {
         }
         assert_eq!(n("/v1/a;b=c/x"), "/v1/a;b=c/x");
         assert_eq!(n("/v1/..x/y"), "/v1/..x/y");
+    }
+
+    #[test]
+    fn encoded_separators_are_found_in_any_spelling() {
+        for p in [
+            "/v1/studies/7%2Fparticipants",
+            "/v1/studies/7%2fparticipants",
+            "/v1/admin/users%5C42",
+            "/v1/admin/users%5c42",
+            "/v1/admin/users\\42",
+        ] {
+            let n = normalize_path(p).unwrap();
+            assert!(has_encoded_separator(&n), "{p} -> {n}");
+        }
+        for p in [
+            "/v1/studies/7",
+            "/v1/%73tudies/7",
+            "/v1/a%20b",
+            "/v1/a%252Fb",
+        ] {
+            let n = normalize_path(p).unwrap();
+            assert!(!has_encoded_separator(&n), "{p} -> {n}");
+        }
     }
 
     #[test]

@@ -5,9 +5,8 @@ use std::sync::Arc;
 
 use http::Method;
 
-use super::{KeySource, RequiredScopes};
+use super::{LimitGroup, RequiredScopes};
 use crate::config::{AuthMode, RouteConfig};
-use crate::ratelimit::LimitSpec;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Segment {
@@ -111,20 +110,38 @@ pub struct Route {
     pub issuers: Option<Vec<String>>,
     pub token_query_param: Option<String>,
     pub token_cookie: Option<String>,
-    pub limits: Vec<LimitSpec>,
-    pub limit_key: Vec<KeySource>,
-    /// `limit=20, window=60` style policy text, built once for the response headers.
+    /// Limits grouped by key, each with the limiter scope it is counted under (the route's
+    /// name for the first group, `name#i` for the others, so two groups never share a log).
+    pub limits: Vec<(String, LimitGroup)>,
+    /// `20;w=60, 200;w=3600` policy text of every limit, built once for the response headers.
     pub limit_policy: String,
+    /// Keep encoded slashes in paths (`%2F`, `%5C`, `\\`) instead of refusing them.
+    pub allow_encoded_slashes: bool,
+    /// `None`: the server default.
+    pub require_tls: Option<bool>,
 }
 
 impl Route {
     pub fn from_config(cfg: &RouteConfig, index: usize, upstream: usize) -> Self {
         let limit_policy = cfg
-            .limits
+            .limit_groups
             .iter()
+            .flat_map(|g| g.limits.iter())
             .map(|l| format!("{};w={}", l.requests, l.period.as_secs()))
             .collect::<Vec<_>>()
             .join(", ");
+        let limits = cfg
+            .limit_groups
+            .iter()
+            .enumerate()
+            .map(|(i, g)| {
+                let scope = match i {
+                    0 => cfg.name.clone(),
+                    _ => format!("{}#{i}", cfg.name),
+                };
+                (scope, g.clone())
+            })
+            .collect();
         Route {
             index,
             name: cfg.name.clone(),
@@ -136,9 +153,10 @@ impl Route {
             issuers: cfg.issuers.clone(),
             token_query_param: cfg.token_query_param.clone(),
             token_cookie: cfg.token_cookie.clone(),
-            limits: cfg.limits.clone(),
-            limit_key: cfg.limit_key.clone(),
+            limits,
             limit_policy,
+            allow_encoded_slashes: cfg.allow_encoded_slashes,
+            require_tls: cfg.require_tls,
         }
     }
 
@@ -245,8 +263,9 @@ mod tests {
             token_query_param: None,
             token_cookie: None,
             limits: vec![],
-            limit_key: vec![],
             limit_policy: String::new(),
+            allow_encoded_slashes: false,
+            require_tls: None,
         }
     }
 

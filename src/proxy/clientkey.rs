@@ -10,6 +10,11 @@ use sha2::{Digest, Sha256};
 
 /// The client's address: the peer, or — when the peer is a trusted proxy — the right-most
 /// `X-Forwarded-For` entry that is not itself a trusted proxy.
+///
+/// The walk goes from the right (the entries our own proxies appended) and stops at the
+/// first untrusted address: what stands left of it is the client's to write, so garbage
+/// there changes nothing. An entry that does not parse before that point ends the walk at
+/// the last trusted hop: a proxy we trust wrote something we cannot read.
 pub fn client_ip<'a>(
     peer: Option<IpAddr>,
     xff: impl Iterator<Item = &'a [u8]>,
@@ -20,26 +25,41 @@ pub fn client_ip<'a>(
     if trusted.is_empty() || !is_trusted(&peer) {
         return Some(peer);
     }
-    let mut hops: Vec<IpAddr> = Vec::new();
-    for value in xff {
-        let Ok(s) = std::str::from_utf8(value) else {
-            return Some(peer);
-        };
-        for part in s.split(',') {
-            match parse_hop(part.trim()) {
-                Some(ip) => hops.push(ip),
-                None => return Some(peer),
+    let values: Vec<&[u8]> = xff.collect();
+    let mut client = peer;
+    for value in values.iter().rev() {
+        for part in value.rsplit(|&b| b == b',') {
+            let hop = std::str::from_utf8(part)
+                .ok()
+                .and_then(|s| parse_hop(s.trim()));
+            match hop {
+                Some(ip) => {
+                    client = ip;
+                    if !is_trusted(&ip) {
+                        return Some(client);
+                    }
+                }
+                None => return Some(client),
             }
         }
     }
-    let mut client = peer;
-    for hop in hops.iter().rev() {
-        client = *hop;
-        if !is_trusted(hop) {
-            break;
-        }
-    }
     Some(client)
+}
+
+/// Did the request reach the edge over TLS? Only a trusted proxy's `X-Forwarded-Proto` is
+/// believed: its right-most value, the one the nearest proxy wrote.
+pub fn forwarded_https<'a>(
+    peer: Option<IpAddr>,
+    xfp: impl Iterator<Item = &'a [u8]>,
+    trusted: &[IpNet],
+) -> bool {
+    let Some(peer) = peer else { return false };
+    if !trusted.iter().any(|n| n.contains(&peer)) {
+        return false;
+    }
+    xfp.last()
+        .and_then(|v| v.rsplit(|&b| b == b',').next())
+        .is_some_and(|v| v.trim_ascii().eq_ignore_ascii_case(b"https"))
 }
 
 fn parse_hop(s: &str) -> Option<IpAddr> {
@@ -51,6 +71,11 @@ fn parse_hop(s: &str) -> Option<IpAddr> {
         return Some(sa.ip());
     }
     None
+}
+
+/// Is this `Authorization` value in the Basic scheme?
+pub fn is_basic(value: &[u8]) -> bool {
+    value.len() > 6 && value[..6].eq_ignore_ascii_case(b"basic ")
 }
 
 /// The user part of `Authorization: Basic ...` (form-urlencoded per RFC 6749 §2.3.1).
@@ -110,31 +135,138 @@ fn mime(content_type: &str) -> String {
         .to_ascii_lowercase()
 }
 
-/// `client_id` of a form-encoded or JSON body. `Err` for a JSON body that does not parse.
-pub fn body_client_id(content_type: &str, body: &[u8]) -> Result<Option<String>, &'static str> {
+/// `client_id` of the query string; `Err` when it is given twice.
+pub fn query_client_id(query: Option<&str>) -> Result<Option<String>, &'static str> {
+    let Some(query) = query else { return Ok(None) };
+    single(
+        form_urlencoded::parse(query.as_bytes())
+            .filter(|(k, _)| k == "client_id")
+            .map(|(_, v)| v.into_owned()),
+        "client_id given more than once in the query",
+    )
+}
+
+/// The one value of a parameter; `Err` when there are several (RFC 6749 §3.1: "parameters
+/// MUST NOT be included more than once"), `None` when there is none or it is empty.
+fn single(
+    mut values: impl Iterator<Item = String>,
+    twice: &'static str,
+) -> Result<Option<String>, &'static str> {
+    let first = values.next();
+    if values.next().is_some() {
+        return Err(twice);
+    }
+    Ok(first.filter(|v| !v.is_empty()))
+}
+
+/// What a token-endpoint body says about its client.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct BodyClient {
+    pub client_id: Option<String>,
+    /// A `client_secret` parameter is present (client_secret_post).
+    pub has_secret: bool,
+}
+
+/// `client_id` and `client_secret` of a form-encoded or JSON body. `Err` for a JSON body
+/// that does not parse, or a parameter given twice (a JSON object with a repeated key
+/// included: parsers disagree on which one wins).
+pub fn body_client(content_type: &str, body: &[u8]) -> Result<BodyClient, &'static str> {
     let mime = mime(content_type);
     if mime == "application/x-www-form-urlencoded" {
-        return Ok(form_urlencoded::parse(body)
-            .find(|(k, _)| k == "client_id")
-            .map(|(_, v)| v.into_owned())
-            .filter(|v| !v.is_empty()));
+        let pairs = || form_urlencoded::parse(body);
+        let secrets = pairs().filter(|(k, _)| k == "client_secret").count();
+        if secrets > 1 {
+            return Err("client_secret given more than once in the body");
+        }
+        return Ok(BodyClient {
+            client_id: single(
+                pairs()
+                    .filter(|(k, _)| k == "client_id")
+                    .map(|(_, v)| v.into_owned()),
+                "client_id given more than once in the body",
+            )?,
+            has_secret: secrets == 1,
+        });
     }
     if mime == "application/json" || mime.ends_with("+json") {
         if body.iter().all(|b| b.is_ascii_whitespace()) {
-            return Ok(None);
+            return Ok(BodyClient::default());
         }
-        let v: serde_json::Value =
-            serde_json::from_slice(body).map_err(|_| "malformed JSON body")?;
-        return match v {
-            serde_json::Value::Object(m) => Ok(m
-                .get("client_id")
-                .and_then(|c| c.as_str())
-                .filter(|c| !c.is_empty())
-                .map(str::to_string)),
-            _ => Err("JSON body is not an object"),
-        };
+        let parsed: JsonClient = serde_json::from_slice(body).map_err(|e| {
+            if e.is_data() && e.to_string().contains(DUPLICATE) {
+                "a client parameter is given more than once in the JSON body"
+            } else if e.is_data() {
+                "JSON body is not an object"
+            } else {
+                "malformed JSON body"
+            }
+        })?;
+        return Ok(BodyClient {
+            client_id: parsed.client_id.filter(|c| !c.is_empty()),
+            has_secret: parsed.has_secret,
+        });
     }
-    Ok(None)
+    Ok(BodyClient::default())
+}
+
+const DUPLICATE: &str = "duplicate client parameter";
+
+/// The top-level object of a JSON body, read once: `client_id` (a string) and whether
+/// `client_secret` is present, refusing either key twice. Other members are skipped
+/// without being kept.
+struct JsonClient {
+    client_id: Option<String>,
+    has_secret: bool,
+}
+
+impl<'de> serde::Deserialize<'de> for JsonClient {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = JsonClient;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<JsonClient, A::Error> {
+                use serde::de::Error;
+                let mut out = JsonClient {
+                    client_id: None,
+                    has_secret: false,
+                };
+                let mut ids = 0;
+                while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                    match key.as_ref() {
+                        // A client_id that is not a string names no client (as before).
+                        "client_id" => {
+                            ids += 1;
+                            out.client_id = match map.next_value::<serde_json::Value>()? {
+                                serde_json::Value::String(s) => Some(s),
+                                _ => None,
+                            };
+                        }
+                        "client_secret" => {
+                            if out.has_secret {
+                                return Err(A::Error::custom(DUPLICATE));
+                            }
+                            out.has_secret = true;
+                            map.next_value::<serde::de::IgnoredAny>()?;
+                        }
+                        _ => {
+                            map.next_value::<serde::de::IgnoredAny>()?;
+                        }
+                    }
+                    if ids > 1 {
+                        return Err(A::Error::custom(DUPLICATE));
+                    }
+                }
+                Ok(out)
+            }
+        }
+        d.deserialize_map(Visit)
+    }
 }
 
 /// Is this a body we read for `client_id`?
@@ -223,10 +355,14 @@ mod tests {
         );
     }
 
+    fn body_id(ct: &str, body: &[u8]) -> Result<Option<String>, &'static str> {
+        body_client(ct, body).map(|b| b.client_id)
+    }
+
     #[test]
     fn body_client_id_from_form_and_json() {
         assert_eq!(
-            body_client_id(
+            body_id(
                 "application/x-www-form-urlencoded",
                 b"grant_type=client_credentials&client_id=app1"
             )
@@ -235,16 +371,91 @@ mod tests {
             Some("app1")
         );
         assert_eq!(
-            body_client_id(
+            body_id(
                 "application/json; charset=utf-8",
-                br#"{"client_id":"app2"}"#
+                br#"{"client_id":"app2", "scope": ["a"], "x": {"client_id": "nested"}}"#
             )
             .unwrap()
             .as_deref(),
             Some("app2")
         );
-        assert!(body_client_id("application/json", b"{nope").is_err());
-        assert_eq!(body_client_id("text/plain", b"client_id=x").unwrap(), None);
+        assert!(body_id("application/json", b"{nope").is_err());
+        assert!(body_id("application/json", b"[1]").is_err());
+        assert_eq!(
+            body_id("application/json", br#"{"client_id": 7}"#),
+            Ok(None)
+        );
+        assert_eq!(body_id("text/plain", b"client_id=x").unwrap(), None);
+    }
+
+    #[test]
+    fn body_client_refuses_repeated_parameters_and_sees_secrets() {
+        let form = "application/x-www-form-urlencoded";
+        assert!(body_id(form, b"client_id=a&client_id=victim").is_err());
+        assert!(body_id(form, b"client_id=a&client_%69d=victim").is_err());
+        assert!(body_id(
+            "application/json",
+            br#"{"client_id":"a","client_id":"victim"}"#
+        )
+        .is_err());
+        assert!(body_client(form, b"client_secret=1&client_secret=2").is_err());
+        assert!(
+            body_client(form, b"client_id=a&client_secret=s")
+                .unwrap()
+                .has_secret
+        );
+        assert!(
+            body_client(
+                "application/json",
+                br#"{"client_id":"a","client_secret":"s"}"#
+            )
+            .unwrap()
+            .has_secret
+        );
+        assert!(!body_client(form, b"client_id=a").unwrap().has_secret);
+        assert!(query_client_id(Some("client_id=a&client_id=b")).is_err());
+        assert_eq!(
+            query_client_id(Some("x=1&client_id=a")).unwrap().as_deref(),
+            Some("a")
+        );
+    }
+
+    #[test]
+    fn client_ip_walks_from_the_right_past_garbage_on_the_left() {
+        let trusted = nets(&["10.0.0.0/8"]);
+        let ip = |xff: &[&[u8]]| {
+            client_ip(
+                Some("10.0.0.1".parse().unwrap()),
+                xff.iter().copied(),
+                &trusted,
+            )
+        };
+        assert_eq!(
+            ip(&[b"garbage, 203.0.113.7"]),
+            Some("203.0.113.7".parse().unwrap())
+        );
+        assert_eq!(
+            ip(&[b"garbage", b"203.0.113.7, 10.0.0.9"]),
+            Some("203.0.113.7".parse().unwrap())
+        );
+        // Garbage written by a trusted hop ends the walk at that hop.
+        assert_eq!(
+            ip(&[b"203.0.113.7, junk, 10.0.0.9"]),
+            Some("10.0.0.9".parse().unwrap())
+        );
+    }
+
+    #[test]
+    fn forwarded_https_only_from_trusted_proxies() {
+        let trusted = nets(&["10.0.0.0/8"]);
+        let https = |peer: &str, xfp: &[&[u8]]| {
+            forwarded_https(Some(peer.parse().unwrap()), xfp.iter().copied(), &trusted)
+        };
+        assert!(https("10.0.0.1", &[b"https"]));
+        assert!(https("10.0.0.1", &[b"http, HTTPS"]));
+        assert!(!https("10.0.0.1", &[b"https, http"]));
+        assert!(!https("203.0.113.7", &[b"https"]));
+        assert!(!https("10.0.0.1", &[]));
     }
 
     #[test]

@@ -27,8 +27,8 @@ pub use upstream::Upstream;
 
 use crate::admin::Metrics;
 use crate::auth::{bearer, AuthError, Principal};
-use crate::config::AuthMode;
-use crate::policy::{normalize_path, KeySource, Route};
+use crate::config::{AuthMode, UnderscoreHeaders};
+use crate::policy::{has_encoded_separator, normalize_path, KeySource, Route};
 use crate::ratelimit::Decision;
 use crate::state::{SharedState, Snapshot};
 
@@ -67,8 +67,13 @@ pub struct RequestCtx {
     request_id: String,
     route: Option<Arc<Route>>,
     principal: Option<Arc<Principal>>,
-    /// The normalised path, when it differs from the request's.
+    /// The path sent upstream, when it differs from the request target's bytes (normalised,
+    /// or the path of an absolute-form target).
     rewritten_path: Option<String>,
+    /// The authority of an absolute-form target: the upstream's `Host` (RFC 9112 §3.2.2).
+    target_authority: Option<String>,
+    /// Arrived over TLS: on our listener, or per `X-Forwarded-Proto` from a trusted proxy.
+    https: bool,
     client_ip: Option<IpAddr>,
     client_id: Option<String>,
     rate: Option<Decision>,
@@ -106,18 +111,37 @@ impl Gateway {
     async fn admit(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<(), Reject> {
         let snap = ctx.snap.clone();
         let req = session.req_header();
+        // 0. will the upstream read this request as we do?
+        check_message(req, snap.config.server.headers_with_underscores)?;
+        let absolute = target_form(req)?;
         // 1. which route?
         let raw_path = req.uri.path();
         let path = normalize_path(raw_path).map_err(|e| Reject::BadPath(e.describe()))?;
-        let route = snap
-            .routes
-            .find(&req.method, &path)
-            .cloned()
-            .ok_or(Reject::NoRoute)?;
-        if let std::borrow::Cow::Owned(p) = path {
-            ctx.rewritten_path = Some(p);
+        let route = snap.routes.find(&req.method, &path).cloned();
+        ctx.route = route.clone();
+        // Checked after matching so an opted-in route keeps them; refused when no route
+        // matches too (400 before 404), so no spelling of a path probes the table.
+        if matches!(path, Cow::Owned(_))
+            && has_encoded_separator(&path)
+            && !route.as_ref().is_some_and(|r| r.allow_encoded_slashes)
+        {
+            return Err(Reject::EncodedSlash);
         }
+        let route = route.ok_or(Reject::NoRoute)?;
+        // The upstream gets exactly the path that was routed: rewritten when normalising
+        // changed it, and always for absolute-form (sent on in origin-form, RFC 9112 §3.2.2).
+        if let Cow::Owned(p) = path {
+            ctx.rewritten_path = Some(p);
+        } else if absolute.is_some() {
+            ctx.rewritten_path = Some(raw_path.to_string());
+        }
+        ctx.target_authority = absolute;
         ctx.route = Some(route.clone());
+        if !ctx.https && route.require_tls.unwrap_or(snap.config.server.require_tls) {
+            return Err(Reject::TlsRequired {
+                status: snap.config.server.require_tls_status,
+            });
+        }
 
         // 2. who is calling?
         if route.auth == AuthMode::Jwt {
@@ -151,10 +175,11 @@ impl Gateway {
             ctx.auth_result = "public";
         }
 
-        // 3. may they, right now?
-        if !route.limits.is_empty() {
-            let key = self.limit_key(session, ctx, &route).await?;
-            match snap.limiter.check(&route.name, &route.limits, &key).await {
+        // 3. may they, right now? Each key's limits are decided together; groups in file
+        // order, so a refusal by a later group leaves the earlier groups' slots used.
+        for (scope, group) in &route.limits {
+            let key = self.limit_key(session, ctx, &route, &group.key).await?;
+            match snap.limiter.check(scope, &group.limits, &key).await {
                 Ok(decision) => {
                     let allowed = decision.allowed;
                     if let Some(d) = &snap.route_metrics[route.index].decisions {
@@ -165,7 +190,14 @@ impl Gateway {
                         }
                     }
                     let retry = decision.retry_after.map(ceil_secs).unwrap_or(1).max(1);
-                    ctx.rate = Some(decision);
+                    // The headers show the group with the fewest requests left.
+                    if ctx
+                        .rate
+                        .as_ref()
+                        .is_none_or(|r| decision.remaining <= r.remaining)
+                    {
+                        ctx.rate = Some(decision);
+                    }
                     if !allowed {
                         return Err(Reject::RateLimited {
                             retry_after_secs: retry,
@@ -251,11 +283,12 @@ impl Gateway {
         session: &mut Session,
         ctx: &mut RequestCtx,
         route: &Route,
+        sources: &[KeySource],
     ) -> Result<String, Reject> {
         // Values are borrowed where they can be (the subject, a header) and copied once, into
         // the key. The principal is held by its own handle so `ctx` stays free to update.
         let principal = ctx.principal.clone();
-        for source in &route.limit_key {
+        for source in sources {
             let req = session.req_header();
             let value: Option<Cow<'_, str>> = match source {
                 KeySource::Sub => principal.as_deref().and_then(Principal::sub).map(Cow::from),
@@ -275,19 +308,16 @@ impl Gateway {
                 KeySource::Query(name) => {
                     clientkey::query_param(req.uri.query(), name).map(Cow::from)
                 }
+                // On a JWT route the client is the token's (`client_id`/`azp`) and nothing
+                // else: a body or Basic value there is the caller's to choose.
+                KeySource::ClientId if route.auth == AuthMode::Jwt => principal
+                    .as_deref()
+                    .and_then(Principal::client_id)
+                    .map(Cow::from),
                 KeySource::ClientId => {
-                    let from_token = principal
-                        .as_deref()
-                        .and_then(Principal::client_id)
-                        .map(str::to_string);
-                    let from_basic = || {
-                        req.headers
-                            .get(AUTHORIZATION)
-                            .and_then(|v| clientkey::basic_client_id(v.as_bytes()))
-                    };
-                    let id = match from_token.or_else(from_basic) {
-                        Some(id) => Some(id),
-                        None => self.body_client_id(session, &ctx.snap).await?,
+                    let id = match &ctx.client_id {
+                        Some(id) => Some(id.clone()),
+                        None => self.public_client_id(session, &ctx.snap).await?,
                     };
                     if let Some(id) = &id {
                         ctx.client_id = Some(id.clone());
@@ -308,13 +338,61 @@ impl Gateway {
         Ok("anonymous".to_string())
     }
 
-    /// Read a small form or JSON body to find `client_id`; the body still reaches the
-    /// upstream byte for byte (pingora's retry buffer).
-    async fn body_client_id(
+    /// The client of a request to a public (OAuth) route, as an authorization server would
+    /// read it: the HTTP Basic user, the `client_id` of a form or JSON body, and the one in
+    /// the query string must name one client, each at most once, and a Basic client sends
+    /// no `client_secret` in the body (RFC 6749 §2.3: one authentication method per
+    /// request; §3.1: no parameter twice). Anything else is 400: the server might pick
+    /// another value than the one the limit counted.
+    async fn public_client_id(
         &self,
         session: &mut Session,
         snap: &Snapshot,
     ) -> Result<Option<String>, Reject> {
+        let req = session.req_header();
+        let mut authz = req.headers.get_all(AUTHORIZATION).iter();
+        let basic = match (authz.next(), authz.next()) {
+            (_, Some(_)) => {
+                return Err(Reject::ClientAuthConflict(
+                    "more than one Authorization header",
+                ))
+            }
+            (Some(v), None) if clientkey::is_basic(v.as_bytes()) => Some(
+                clientkey::basic_client_id(v.as_bytes()).ok_or(Reject::ClientAuthConflict(
+                    "malformed HTTP Basic client credentials",
+                ))?,
+            ),
+            _ => None,
+        };
+        let query =
+            clientkey::query_client_id(req.uri.query()).map_err(Reject::ClientAuthConflict)?;
+        let body = self.body_client(session, snap).await?;
+        if basic.is_some() && body.has_secret {
+            return Err(Reject::ClientAuthConflict(
+                "client authenticated with both HTTP Basic and client_secret in the body",
+            ));
+        }
+        let mut found: Option<String> = None;
+        for id in [basic, body.client_id, query].into_iter().flatten() {
+            match &found {
+                Some(f) if *f != id => {
+                    return Err(Reject::ClientAuthConflict(
+                        "client_id differs between HTTP Basic, the body and the query",
+                    ))
+                }
+                _ => found = Some(id),
+            }
+        }
+        Ok(found)
+    }
+
+    /// Read a small form or JSON body for `client_id` and `client_secret`; the body still
+    /// reaches the upstream byte for byte (pingora's retry buffer).
+    async fn body_client(
+        &self,
+        session: &mut Session,
+        snap: &Snapshot,
+    ) -> Result<clientkey::BodyClient, Reject> {
         let req = session.req_header();
         let Some(ct) = req
             .headers
@@ -322,10 +400,10 @@ impl Gateway {
             .and_then(|v| v.to_str().ok())
             .map(str::to_string)
         else {
-            return Ok(None);
+            return Ok(clientkey::BodyClient::default());
         };
         if !clientkey::readable_body_type(&ct) {
-            return Ok(None);
+            return Ok(clientkey::BodyClient::default());
         }
         let max = snap.config.server.max_body_bytes;
         if let Some(len) = req.headers.get(CONTENT_LENGTH) {
@@ -368,7 +446,7 @@ impl Gateway {
         if session.as_ref().retry_buffer_truncated() {
             return Err(Reject::BodyTooLarge(max));
         }
-        clientkey::body_client_id(&ct, &body).map_err(Reject::BadBody)
+        clientkey::body_client(&ct, &body).map_err(Reject::BadBody)
     }
 
     async fn write_reject(
@@ -403,26 +481,132 @@ fn add_rate_headers(h: &mut ResponseHeader, route: &Route, d: &Decision) -> Resu
 }
 
 const X_FORWARDED_FOR: &str = "x-forwarded-for";
+const X_FORWARDED_PROTO: &str = "x-forwarded-proto";
+
+/// Step 0: refuse what an upstream could frame or name differently from us.
+/// - a method with lower-case letters (methods are case-sensitive, RFC 9110 §9.1: `get` is
+///   not `GET`, and a route's method list would not see it, while some servers would);
+/// - `Content-Length` given twice or as a list (RFC 9110 §8.6 allows refusing; `3, 3`
+///   would otherwise be forwarded as is);
+/// - a `Transfer-Encoding` other than exactly `chunked` (`gzip, chunked` was forwarded as
+///   plain chunked with a gzip body), or beside `Content-Length` (RFC 9112 §6.1);
+/// - header names with `_`, where the config refuses them.
+fn check_message(req: &RequestHeader, underscores: UnderscoreHeaders) -> Result<(), Reject> {
+    if req.method.as_str().bytes().any(|b| b.is_ascii_lowercase()) {
+        return Err(Reject::Malformed(
+            "method names are case-sensitive and must be upper case",
+        ));
+    }
+    let mut lengths = req.headers.get_all(CONTENT_LENGTH).iter();
+    let length = lengths.next();
+    if lengths.next().is_some()
+        || length.is_some_and(|v| v.is_empty() || !v.as_bytes().iter().all(u8::is_ascii_digit))
+    {
+        return Err(Reject::Malformed(
+            "Content-Length must be given once, as one number",
+        ));
+    }
+    let mut codings = req.headers.get_all(http::header::TRANSFER_ENCODING).iter();
+    if let Some(te) = codings.next() {
+        let chunked = te
+            .to_str()
+            .is_ok_and(|v| v.trim().eq_ignore_ascii_case("chunked"));
+        if !chunked || codings.next().is_some() {
+            return Err(Reject::Malformed(
+                "only Transfer-Encoding: chunked is accepted",
+            ));
+        }
+        if length.is_some() {
+            return Err(Reject::Malformed(
+                "Content-Length and Transfer-Encoding together",
+            ));
+        }
+    }
+    if underscores == UnderscoreHeaders::Refuse
+        && req.headers.keys().any(|n| n.as_str().contains('_'))
+    {
+        return Err(Reject::Malformed(
+            "header names with '_' are not accepted (CGI and WSGI servers read them as '-')",
+        ));
+    }
+    Ok(())
+}
+
+/// RFC 9112 §3.2: origin-form (`/path?query`), or absolute-form with an http(s) scheme,
+/// whose authority is returned (its path is what is routed and sent upstream). Anything
+/// else (`x:/a`, `a/b`, `./a`, `*`, a target pingora could not classify and left empty, one
+/// that is not valid UTF-8) is refused: pingora would route `/` and forward the raw bytes.
+fn target_form(req: &RequestHeader) -> Result<Option<String>, Reject> {
+    const BAD: Reject = Reject::BadTarget(
+        "request target must be an absolute path (origin-form) or an http(s) URL",
+    );
+    let raw = req.raw_path();
+    if !req.raw_path_is_utf8() {
+        return Err(Reject::BadTarget("request target is not valid UTF-8"));
+    }
+    if raw.first() == Some(&b'/') {
+        return Ok(None);
+    }
+    let rest = [&b"http://"[..], b"https://"].iter().find_map(|scheme| {
+        (raw.len() > scheme.len() && raw[..scheme.len()].eq_ignore_ascii_case(scheme))
+            .then(|| &raw[scheme.len()..])
+    });
+    let Some(rest) = rest else {
+        return Err(BAD);
+    };
+    let end = rest
+        .iter()
+        .position(|b| matches!(b, b'/' | b'?' | b'#'))
+        .unwrap_or(rest.len());
+    let authority = &rest[..end];
+    let path_ok = matches!(rest.get(end), None | Some(b'/'));
+    if authority.is_empty()
+        || !path_ok
+        || !authority
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']'))
+        || !req.uri.path().starts_with('/')
+    {
+        return Err(BAD);
+    }
+    // ASCII checked above.
+    Ok(Some(String::from_utf8_lossy(authority).into_owned()))
+}
 
 /// Names a client's `Connection` header may list that are not removed for it: connection
-/// options, and headers the gateway needs or sets itself (`X-Auth-*` are stripped anyway).
-const KEEP_EVEN_IF_LISTED: [&str; 6] = [
-    "upgrade",
-    "close",
-    "keep-alive",
-    "host",
-    "authorization",
-    "content-length",
-];
+/// options, and framing the request needs (`X-Auth-*` are stripped anyway). `Authorization`
+/// is not among them: a client that lists it says it is for the gateway alone (RFC 9110
+/// §7.6.1), and pingora removes it from the upstream request in any case.
+const KEEP_EVEN_IF_LISTED: [&str; 5] = ["upgrade", "close", "keep-alive", "host", "content-length"];
+
+/// Does a header name read as one the gateway sets (`X-Auth-*`, `X-Forwarded-For`,
+/// `X-Forwarded-Proto`, `X-Request-Id`) once `_` is read as `-`, as CGI and WSGI servers do?
+fn spoofs_gateway_header(name: &str) -> bool {
+    let dashed = |i: usize, want: u8| {
+        let b = name.as_bytes()[i];
+        (if b == b'_' { b'-' } else { b }) == want
+    };
+    let is = |want: &str| {
+        name.len() == want.len() && want.bytes().enumerate().all(|(i, w)| dashed(i, w))
+    };
+    let starts = |want: &str| {
+        name.len() >= want.len() && want.bytes().enumerate().all(|(i, w)| dashed(i, w))
+    };
+    starts("x-auth-") || is("x-forwarded-for") || is("x-forwarded-proto") || is("x-request-id")
+}
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1) that must not be forwarded, plus the ones a client
-/// may not set for the upstream (`X-Auth-*`). One pass over the names: most requests carry
-/// none of them, and then nothing is looked up or allocated.
-fn strip_request_headers(h: &mut RequestHeader) {
+/// may not set for the upstream (`X-Auth-*`, in any spelling with `_`) and, unless the
+/// config forwards them, every other name with `_`. One pass over the names: most requests
+/// carry none of them, and then nothing is looked up or allocated.
+fn strip_request_headers(h: &mut RequestHeader, underscores: UnderscoreHeaders) {
     let mut doomed: Vec<http::HeaderName> = Vec::new();
     let mut connection = false;
     for (name, value) in h.headers.iter() {
         let drop = match name.as_str() {
+            n if n.contains('_') => {
+                underscores != UnderscoreHeaders::Forward || spoofs_gateway_header(n)
+            }
             "keep-alive" | "proxy-connection" | "proxy-authorization" | "trailer" => true,
             // `TE: trailers` is the one value a proxy may pass on.
             "te" => !value
@@ -476,6 +660,8 @@ impl ProxyHttp for Gateway {
             route: None,
             principal: None,
             rewritten_path: None,
+            target_authority: None,
+            https: self.tls,
             client_ip: None,
             client_id: None,
             rate: None,
@@ -504,20 +690,36 @@ impl ProxyHttp for Gateway {
             .client_addr()
             .and_then(|a| a.as_inet())
             .map(|a| a.ip());
+        let trusted = &ctx.snap.config.server.trusted_proxies;
         ctx.client_ip = client_ip(
             peer,
             req.headers
                 .get_all(X_FORWARDED_FOR)
                 .iter()
                 .map(|v| v.as_bytes()),
-            &ctx.snap.config.server.trusted_proxies,
+            trusted,
         );
+        if !self.tls {
+            ctx.https = clientkey::forwarded_https(
+                peer,
+                req.headers
+                    .get_all(X_FORWARDED_PROTO)
+                    .iter()
+                    .map(|v| v.as_bytes()),
+                trusted,
+            );
+        }
         match self.admit(session, ctx).await {
             Ok(()) => {
                 ctx.outcome = Outcome::Forwarded;
                 Ok(false)
             }
             Err(reject) => {
+                let route = ctx.route.as_ref().map_or("_none", |r| r.name.as_str());
+                self.metrics
+                    .rejections
+                    .with_label_values(&[route, reject.reason()])
+                    .inc();
                 ctx.outcome = Outcome::Rejected(reject.reason());
                 self.write_reject(session, ctx, &reject).await?;
                 Ok(true)
@@ -626,7 +828,10 @@ impl ProxyHttp for Gateway {
                 })?;
             up.set_uri(uri);
         }
-        strip_request_headers(up);
+        if let Some(authority) = &ctx.target_authority {
+            up.insert_header(http::header::HOST, authority.as_str())?;
+        }
+        strip_request_headers(up, ctx.snap.config.server.headers_with_underscores);
         if session.as_ref().get_retry_buffer().is_some() {
             // We read the body (and answered any `Expect: 100-continue`); the upstream gets
             // it whole, so it must not answer another 100.
@@ -672,8 +877,8 @@ impl ProxyHttp for Gateway {
             up.insert_header(X_FORWARDED_FOR, xff)?;
         }
         up.insert_header(
-            "x-forwarded-proto",
-            http::HeaderValue::from_static(if self.tls { "https" } else { "http" }),
+            X_FORWARDED_PROTO,
+            http::HeaderValue::from_static(if ctx.https { "https" } else { "http" }),
         )?;
         Ok(())
     }

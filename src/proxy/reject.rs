@@ -16,6 +16,20 @@ pub enum Reject {
     NoRoute,
     /// The path could not be normalised: 400.
     BadPath(&'static str),
+    /// A request target that is neither origin-form nor http(s) absolute-form (RFC 9112
+    /// §3.2): 400. The upstream could read it as another path than the one routed.
+    BadTarget(&'static str),
+    /// `%2F`, `%5C` or `\` in the path on a route that does not allow them: 400.
+    EncodedSlash,
+    /// Message framing or header names an upstream could read differently (duplicate
+    /// `Content-Length`, a transfer coding other than chunked, a lower-case method, a header
+    /// name with `_` where refused): 400.
+    Malformed(&'static str),
+    /// Client identification that an authorization server could read differently (two
+    /// `client_id` values, HTTP Basic and a body secret; RFC 6749 §2.3, §3.1): 400.
+    ClientAuthConflict(&'static str),
+    /// Plain HTTP on a `require_tls` route: 403, or 426 with `Upgrade`.
+    TlsRequired { status: u16 },
     /// Token problems: 400 / 401 (or 503 while keys are not loaded).
     Auth(AuthError),
     /// Valid token, scope missing: 403.
@@ -34,7 +48,13 @@ impl Reject {
     pub fn status(&self) -> u16 {
         match self {
             Reject::NoRoute => 404,
-            Reject::BadPath(_) | Reject::BadBody(_) => 400,
+            Reject::BadPath(_)
+            | Reject::BadBody(_)
+            | Reject::BadTarget(_)
+            | Reject::EncodedSlash
+            | Reject::Malformed(_)
+            | Reject::ClientAuthConflict(_) => 400,
+            Reject::TlsRequired { status } => *status,
             Reject::Auth(AuthError::InvalidRequest(_)) => 400,
             Reject::Auth(AuthError::KeysUnavailable) => 503,
             Reject::Auth(_) => 401,
@@ -50,6 +70,11 @@ impl Reject {
         match self {
             Reject::NoRoute => "no_route",
             Reject::BadPath(_) => "bad_path",
+            Reject::BadTarget(_) => "bad_target",
+            Reject::EncodedSlash => "encoded_slash",
+            Reject::Malformed(_) => "malformed_request",
+            Reject::ClientAuthConflict(_) => "client_auth_conflict",
+            Reject::TlsRequired { .. } => "tls_required",
             Reject::Auth(e) => e.reason(),
             Reject::Scope(_) => "insufficient_scope",
             Reject::RateLimited { .. } => "rate_limited",
@@ -63,7 +88,18 @@ impl Reject {
     pub fn error_pair(&self) -> (&'static str, String) {
         match self {
             Reject::NoRoute => ("not_found", "no route for this method and path".into()),
-            Reject::BadPath(d) => ("invalid_request", (*d).into()),
+            Reject::BadPath(d)
+            | Reject::BadTarget(d)
+            | Reject::Malformed(d)
+            | Reject::ClientAuthConflict(d) => ("invalid_request", (*d).into()),
+            Reject::EncodedSlash => (
+                "invalid_request",
+                "encoded '/' or '\\' in the path (%2F, %5C) is not accepted on this route".into(),
+            ),
+            Reject::TlsRequired { .. } => (
+                "invalid_request",
+                "this endpoint accepts HTTPS only; the request was not forwarded, and any credential it carried crossed the network unencrypted".into(),
+            ),
             Reject::Auth(AuthError::MissingToken) => {
                 ("invalid_request", "missing bearer token".into())
             }
@@ -138,6 +174,11 @@ impl Reject {
             Reject::Auth(AuthError::KeysUnavailable) | Reject::LimiterUnavailable => {
                 h.insert_header(http::header::RETRY_AFTER, "1")?;
             }
+            Reject::TlsRequired { status: 426 } => {
+                // RFC 9110 §15.5.22: a 426 names the protocols to switch to.
+                h.insert_header(http::header::UPGRADE, "TLS/1.3, TLS/1.2")?;
+                h.insert_header(http::header::CONNECTION, "Upgrade")?;
+            }
             _ => {}
         }
         Ok(h)
@@ -207,6 +248,23 @@ mod tests {
             .www_authenticate()
             .unwrap()
             .contains("scope=\"read:studies\""));
+    }
+
+    #[test]
+    fn tls_required_is_403_or_426_with_upgrade() {
+        let h = Reject::TlsRequired { status: 403 }
+            .response_header("rid", 10)
+            .unwrap();
+        assert_eq!(h.status.as_u16(), 403);
+        assert!(h.headers.get("upgrade").is_none());
+        let h = Reject::TlsRequired { status: 426 }
+            .response_header("rid", 10)
+            .unwrap();
+        assert_eq!(h.status.as_u16(), 426);
+        assert!(h.headers.get("upgrade").is_some());
+        let body: serde_json::Value =
+            serde_json::from_slice(&Reject::TlsRequired { status: 426 }.body()).unwrap();
+        assert_eq!(body["error"], "invalid_request");
     }
 
     #[test]
