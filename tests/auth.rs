@@ -1,8 +1,8 @@
 //! Authentication end to end: the real gateway, a real JWKS issuer, a real echo upstream.
 //!
-//! Every row of CONTRACT.md's HTTP table about tokens (status, the exact `WWW-Authenticate`
-//! form, the JSON body) and the attack list of issue 2; each rejection is also checked not to
-//! have reached the upstream.
+//! Every row of the README's "HTTP behaviour" table about tokens (status, the exact
+//! `WWW-Authenticate` form, the JSON body) and the token attacks the README lists; each
+//! rejection is also checked not to have reached the upstream.
 
 mod common;
 

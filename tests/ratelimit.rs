@@ -1,4 +1,4 @@
-//! Rate limits end to end (issue 3): the real gateway binary, a real JWKS issuer, a real echo
+//! Rate limits end to end (README "Rate limits"): the real gateway binary, a real JWKS issuer, a real echo
 //! upstream and, for the shared backend, a real `redis-server` started by the test.
 //!
 //! - The documented limits are checked on `config/gateway.toml` itself (only its listen

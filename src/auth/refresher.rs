@@ -1,5 +1,5 @@
-//! Keys refresh in the background: `JwksRefresher` is a pingora background service that, once
-//! a second, fetches the keys of every issuer of the current snapshot whose refresh is due
+//! Keys refresh in the background: `JwksRefresher` is a pingora background service that, every
+//! `TICK` (250 ms), fetches the keys of every issuer of the current snapshot whose refresh is due
 //! (first load with backoff until it succeeds, then on the issuer's TTL). Issuers added by a
 //! reload are picked up on the next tick; the last good key set survives every failure.
 
@@ -10,6 +10,9 @@ use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 
 use crate::state::SharedState;
+
+/// How often due issuers are looked for: a JWKS's refresh is late by at most this much.
+const TICK: Duration = Duration::from_millis(250);
 
 pub struct JwksRefresher {
     state: SharedState,
@@ -48,7 +51,7 @@ impl BackgroundService for JwksRefresher {
             self.tick().await;
             tokio::select! {
                 _ = shutdown.changed() => return,
-                _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+                _ = tokio::time::sleep(TICK) => {}
             }
         }
     }

@@ -243,7 +243,7 @@ mod tests {
     fn shipped_gateway_toml_is_valid() {
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/config/gateway.toml");
         let cfg = load(path).unwrap_or_else(|e| panic!("config/gateway.toml: {e}"));
-        // The three documented limits are written in (MISSION.md, seed 001).
+        // The three documented limits are written in (README "Rate limits").
         let limit = |name: &str| {
             let r = cfg
                 .routes

@@ -481,6 +481,33 @@ fn add_rate_headers(h: &mut ResponseHeader, route: &Route, d: &Decision) -> Resu
 }
 
 const X_FORWARDED_FOR: &str = "x-forwarded-for";
+
+/// `(status, error, error_description)` for a status pingora decided on its own (a request it
+/// could not proxy): the error code that fits the status, never a 4xx code on a 5xx.
+fn status_error(code: u16) -> (u16, &'static str, &'static str) {
+    let description = match code {
+        400 => "malformed request",
+        405 => "method not allowed",
+        408 => "request not received in time",
+        413 => "request body too large",
+        414 => "request target too long",
+        431 => "request header fields too large",
+        502 => "upstream unavailable",
+        503 => "try again shortly",
+        504 => "upstream did not answer in time",
+        _ if (400..500).contains(&code) => "request rejected",
+        _ => "the gateway could not complete the request",
+    };
+    match code {
+        400..=499 => (code, "invalid_request", description),
+        502 => (502, "bad_gateway", description),
+        503 => (503, "temporarily_unavailable", description),
+        504 => (504, "gateway_timeout", description),
+        500..=599 => (code, "server_error", description),
+        // Not an error status: answer as an internal error.
+        _ => (500, "server_error", description),
+    }
+}
 const X_FORWARDED_PROTO: &str = "x-forwarded-proto";
 
 /// Step 0: refuse what an upstream could frame or name differently from us.
@@ -612,9 +639,12 @@ fn strip_request_headers(h: &mut RequestHeader, underscores: UnderscoreHeaders) 
             "te" => !value
                 .to_str()
                 .is_ok_and(|v| v.trim().eq_ignore_ascii_case("trailers")),
+            // Connection itself is hop-by-hop (RFC 9110 §7.6.1), and so is what it lists.
+            // pingora's own request sanitising (which runs before this filter) removes it as
+            // well, and re-adds `Connection: Upgrade` for a WebSocket handshake: that one stays.
             "connection" => {
                 connection = true;
-                false
+                !h.headers.contains_key(http::header::UPGRADE)
             }
             n => n.starts_with("x-auth-"),
         };
@@ -919,7 +949,7 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
     ) -> FailToProxy {
         let (code, error, description) = match e.etype() {
-            ErrorType::HTTPStatus(code) => (*code, "invalid_request", "request rejected"),
+            ErrorType::HTTPStatus(code) => status_error(*code),
             _ => match e.esource() {
                 ErrorSource::Upstream => match e.etype() {
                     ErrorType::ConnectTimedout
@@ -1045,6 +1075,50 @@ impl ProxyHttp for Gateway {
                 error,
                 "request"
             );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pingora_statuses_get_the_error_code_that_fits() {
+        assert_eq!(status_error(400).1, "invalid_request");
+        assert_eq!(status_error(431).1, "invalid_request");
+        assert_eq!(status_error(502).1, "bad_gateway");
+        assert_eq!(status_error(503).1, "temporarily_unavailable");
+        assert_eq!(status_error(504).1, "gateway_timeout");
+        assert_eq!(
+            status_error(500),
+            (
+                500,
+                "server_error",
+                "the gateway could not complete the request"
+            )
+        );
+        assert_eq!(
+            status_error(200).0,
+            500,
+            "never a success status from a failure"
+        );
+    }
+
+    #[test]
+    fn underscore_spellings_of_gateway_headers_are_recognised() {
+        for n in [
+            "x_auth_subject",
+            "x-auth_scopes",
+            "x_forwarded_for",
+            "x_forwarded_proto",
+            "x_request_id",
+            "x-auth-anything",
+        ] {
+            assert!(spoofs_gateway_header(n), "{n}");
+        }
+        for n in ["x_custom", "x_forwarded_host", "x_auth", "x_request_idx"] {
+            assert!(!spoofs_gateway_header(n), "{n}");
         }
     }
 }
