@@ -5,7 +5,7 @@ SHELL := /bin/bash
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 CARGO ?= cargo
 
-.PHONY: demo test deps lint bench bench-ratelimit check-config
+.PHONY: demo test deps lint bench bench-ratelimit bench-instructions check-config
 
 # Debian packages the build and the tests need: cmake (pingora's libz-ng-sys), redis-server
 # (shared rate-limit tests), promtool from `prometheus` (metrics and alert-rule checks).
@@ -41,3 +41,9 @@ bench-ratelimit: deps
 
 bench: deps
 	$(CARGO) bench --locked --bench gateway
+	$(CARGO) bench --locked --bench instructions
+
+# Instructions per request under callgrind, beside a bare pingora proxy (no req/s noise).
+bench-instructions: deps
+	command -v valgrind >/dev/null 2>&1 || $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends valgrind
+	$(CARGO) bench --locked --bench instructions
