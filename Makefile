@@ -8,13 +8,16 @@ CARGO ?= cargo
 .PHONY: demo test deps lint bench bench-ratelimit bench-instructions check-config
 
 # Debian packages the build and the tests need: cmake (pingora's libz-ng-sys), redis-server
-# (shared rate-limit tests), promtool from `prometheus` (metrics and alert-rule checks).
+# (shared rate-limit tests), promtool from `prometheus` (metrics and alert-rule checks),
+# python3 and nodejs (real upstream stacks that decode requests differently: tests/attacks.rs).
 deps:
 	@missing=""; \
 	command -v cmake >/dev/null 2>&1 || missing="$$missing cmake"; \
 	command -v cc >/dev/null 2>&1 || missing="$$missing build-essential"; \
 	command -v redis-server >/dev/null 2>&1 || missing="$$missing redis-server"; \
 	command -v promtool >/dev/null 2>&1 || missing="$$missing prometheus"; \
+	command -v python3 >/dev/null 2>&1 || missing="$$missing python3"; \
+	command -v node >/dev/null 2>&1 || missing="$$missing nodejs"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing:$$missing"; \
 		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
