@@ -142,27 +142,17 @@ fn check_host(
 }
 
 /// The authority of an absolute-form target; `None` for origin-form. pingora keeps only the
-/// path of an absolute-form target in `uri`, so it is read from the raw bytes.
+/// path of an absolute-form target in `uri`; its own classifier reads the raw bytes, so the
+/// authority checked here is the one pingora compared with `Host`.
 fn target_authority(raw: &[u8]) -> Result<Option<&[u8]>, Refusal> {
-    if raw.first() == Some(&b'/') {
-        return Ok(None);
+    use pingora::http::authority::{raw_target_authority, RawTargetAuthority};
+    match raw_target_authority(raw) {
+        RawTargetAuthority::Absolute { authority, .. } => Ok(Some(authority)),
+        RawTargetAuthority::None if raw.first() == Some(&b'/') => Ok(None),
+        _ => Err(Refusal::BadRequest(
+            "the request target must be a path or an absolute URL",
+        )),
     }
-    let bad = Refusal::BadRequest("the request target must be a path or an absolute URL");
-    let sep = raw.windows(3).position(|w| w == b"://").ok_or(bad)?;
-    let scheme = &raw[..sep];
-    let scheme_ok = scheme.first().is_some_and(u8::is_ascii_alphabetic)
-        && scheme
-            .iter()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.'));
-    if !scheme_ok {
-        return Err(bad);
-    }
-    let rest = &raw[sep + 3..];
-    let end = rest
-        .iter()
-        .position(|b| matches!(b, b'/' | b'?' | b'#'))
-        .unwrap_or(rest.len());
-    Ok(Some(&rest[..end]))
 }
 
 /// The listener's own `ip:port`, `localhost:PORT`, or an `allowed_hosts` entry.
