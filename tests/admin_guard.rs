@@ -75,10 +75,24 @@ async fn admin_foreign_host_is_refused_421_and_nothing_is_reloaded() {
     ] {
         let headers = format!("Host: {host}\r\nContent-Length: 0\r\n");
         let r = admin_raw(&gw, "POST", "/reload", &headers).await;
-        assert_raw_error(&format!("POST /reload, Host {host}"), &r, 421, "misdirected_request");
+        assert_raw_error(
+            &format!("POST /reload, Host {host}"),
+            &r,
+            421,
+            "misdirected_request",
+        );
         let r = admin_raw(&gw, "GET", "/metrics", &format!("Host: {host}\r\n")).await;
-        assert_raw_error(&format!("GET /metrics, Host {host}"), &r, 421, "misdirected_request");
-        assert!(!r.text().contains("gateway_"), "metrics leaked: {}", r.text());
+        assert_raw_error(
+            &format!("GET /metrics, Host {host}"),
+            &r,
+            421,
+            "misdirected_request",
+        );
+        assert!(
+            !r.text().contains("gateway_"),
+            "metrics leaked: {}",
+            r.text()
+        );
     }
     assert_eq!(reloads_ok(&gw, None).await, 0.0, "a refused reload ran");
 }
@@ -91,9 +105,19 @@ async fn admin_own_address_and_localhost_with_its_port_are_accepted_nothing_else
     for host in [format!("127.0.0.1:{port}"), format!("localhost:{port}")] {
         let r = admin_raw(&gw, "GET", "/metrics", &format!("Host: {host}\r\n")).await;
         assert_eq!(r.status, 200, "Host {host}: {}", r.text());
-        assert!(r.text().contains("# TYPE gateway_ready gauge"), "{}", r.text());
+        assert!(
+            r.text().contains("# TYPE gateway_ready gauge"),
+            "{}",
+            r.text()
+        );
     }
-    let r = admin_raw(&gw, "POST", "/reload", &format!("Host: localhost:{port}\r\n")).await;
+    let r = admin_raw(
+        &gw,
+        "POST",
+        "/reload",
+        &format!("Host: localhost:{port}\r\n"),
+    )
+    .await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(reloads_ok(&gw, None).await, 1.0);
 
@@ -101,7 +125,12 @@ async fn admin_own_address_and_localhost_with_its_port_are_accepted_nothing_else
     let r = admin_raw(&gw, "GET", "/metrics", "Host: 127.0.0.2\r\n").await;
     assert_raw_error("Host without the port", &r, 421, "misdirected_request");
     let r = admin_raw(&gw, "GET", "/metrics", &format!("Host: [::1]:{port}\r\n")).await;
-    assert_raw_error("Host [::1] on a 127.0.0.1 listener", &r, 421, "misdirected_request");
+    assert_raw_error(
+        "Host [::1] on a 127.0.0.1 listener",
+        &r,
+        421,
+        "misdirected_request",
+    );
     // HTTP/1.1 without Host, or with two, is malformed (RFC 9112 §3.2).
     let r = admin_raw(&gw, "GET", "/metrics", "").await;
     assert_raw_error("no Host", &r, 400, "invalid_request");
@@ -115,11 +144,22 @@ async fn admin_own_address_and_localhost_with_its_port_are_accepted_nothing_else
     // An absolute-form target names the server too (pingora already drops a connection whose
     // Host differs from it; here both name the other server).
     let target = format!("http://evil.example:{port}/metrics");
-    let r = admin_raw(&gw, "GET", &target, &format!("Host: evil.example:{port}\r\n")).await;
+    let r = admin_raw(
+        &gw,
+        "GET",
+        &target,
+        &format!("Host: evil.example:{port}\r\n"),
+    )
+    .await;
     assert_raw_error("absolute-form target", &r, 421, "misdirected_request");
     let target = format!("http://127.0.0.1:{port}/metrics");
     let r = admin_raw(&gw, "GET", &target, &format!("Host: 127.0.0.1:{port}\r\n")).await;
-    assert_eq!(r.status, 200, "absolute-form naming the listener: {}", r.text());
+    assert_eq!(
+        r.status,
+        200,
+        "absolute-form naming the listener: {}",
+        r.text()
+    );
 }
 
 #[tokio::test]
@@ -176,7 +216,11 @@ async fn admin_requests_from_browsers_are_refused_403() {
         assert_json_error(&r, 403, "forbidden");
     }
     // Typed into the address bar: Sec-Fetch-Site none, no Origin.
-    let r = send(c.get(gw.admin_url("/metrics")).header("sec-fetch-site", "none")).await;
+    let r = send(
+        c.get(gw.admin_url("/metrics"))
+            .header("sec-fetch-site", "none"),
+    )
+    .await;
     assert_eq!(r.status, 200, "{}", r.describe());
     assert_eq!(reloads_ok(&gw, None).await, 0.0, "a refused reload ran");
 }
@@ -196,7 +240,10 @@ async fn admin_reload_with_a_body_is_refused_400() {
     assert_eq!(reloads_ok(&gw, None).await, 0.0, "a refused reload ran");
     // No body, or an empty one: reloaded.
     assert_eq!(send(c.post(gw.admin_url("/reload"))).await.status, 200);
-    assert_eq!(send(c.post(gw.admin_url("/reload")).body("")).await.status, 200);
+    assert_eq!(
+        send(c.post(gw.admin_url("/reload")).body("")).await.status,
+        200
+    );
     assert_eq!(reloads_ok(&gw, None).await, 2.0);
 }
 
@@ -222,7 +269,12 @@ async fn admin_token_is_required_when_configured() {
             "{method} {path} without a token"
         );
         let r = send(c.request(m.clone(), &url).basic_auth("admin", Some(TOKEN))).await;
-        assert_eq!(r.status, 401, "{method} {path} with Basic: {}", r.describe());
+        assert_eq!(
+            r.status,
+            401,
+            "{method} {path} with Basic: {}",
+            r.describe()
+        );
         let wrong = format!("{TOKEN}x");
         let r = send(c.request(m.clone(), &url).bearer_auth(&wrong)).await;
         assert_json_error(&r, 401, "invalid_token");
@@ -235,7 +287,11 @@ async fn admin_token_is_required_when_configured() {
         let r = send(c.request(m, &url).bearer_auth(&TOKEN[..TOKEN.len() - 1])).await;
         assert_json_error(&r, 401, "invalid_token");
     }
-    assert_eq!(reloads_ok(&gw, Some(TOKEN)).await, 0.0, "a refused reload ran");
+    assert_eq!(
+        reloads_ok(&gw, Some(TOKEN)).await,
+        0.0,
+        "a refused reload ran"
+    );
     let r = send(c.post(gw.admin_url("/reload")).bearer_auth(TOKEN)).await;
     assert_eq!(r.status, 200, "{}", r.describe());
     assert_eq!(reloads_ok(&gw, Some(TOKEN)).await, 1.0);
@@ -262,7 +318,13 @@ async fn admin_probes_need_no_token_and_the_docker_healthcheck_passes() {
     }
     // kubelet: Host is podIP:port, the connection's local address.
     let port = gw.admin_addr().port();
-    let r = admin_raw(&gw, "GET", "/readyz", &format!("Host: 127.0.0.1:{port}\r\nUser-Agent: kube-probe/1.31\r\n")).await;
+    let r = admin_raw(
+        &gw,
+        "GET",
+        "/readyz",
+        &format!("Host: 127.0.0.1:{port}\r\nUser-Agent: kube-probe/1.31\r\n"),
+    )
+    .await;
     assert_eq!(r.status, 200, "{}", r.text());
     // The image's HEALTHCHECK script, against the real listener.
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/docker-healthcheck.sh");
@@ -316,13 +378,17 @@ async fn admin_token_never_appears_in_logs_or_check_output() {
     let r = send(c.post(gw.admin_url("/reload")).bearer_auth(TOKEN)).await;
     assert_eq!(r.status, 200, "{}", r.describe());
     assert!(
-        gw.wait_for_log("config reloaded", Duration::from_secs(5)).await,
+        gw.wait_for_log("config reloaded", Duration::from_secs(5))
+            .await,
         "{}",
         gw.logs()
     );
 
     let log = gw.logs();
-    assert!(log.contains("admin request refused"), "refusals are logged:\n{log}");
+    assert!(
+        log.contains("admin request refused"),
+        "refusals are logged:\n{log}"
+    );
     for secret in [TOKEN, wrong.as_str(), "tooShortS3cr"] {
         assert!(!log.contains(secret), "log contains {secret:?}:\n{log}");
     }
@@ -335,5 +401,8 @@ async fn admin_token_never_appears_in_logs_or_check_output() {
     );
     assert!(!status.success(), "{out}{err}");
     assert!(format!("{out}{err}").contains("admin.token"), "{out}{err}");
-    assert!(!format!("{out}{err}").contains("tooShortS3cr"), "{out}{err}");
+    assert!(
+        !format!("{out}{err}").contains("tooShortS3cr"),
+        "{out}{err}"
+    );
 }

@@ -133,7 +133,9 @@ fn check_host(
         let authority = std::str::from_utf8(value)
             .ok()
             .and_then(Authority::parse)
-            .ok_or(Refusal::BadRequest("the Host header is not a host or host:port"))?;
+            .ok_or(Refusal::BadRequest(
+                "the Host header is not a host or host:port",
+            ))?;
         if !names_listener(&authority, local, allowed) {
             return Err(Refusal::ForeignHost);
         }
@@ -195,7 +197,10 @@ fn check_token(headers: &HeaderMap, token: &AdminToken) -> Result<(), Refusal> {
     let value = value.as_bytes();
     let trim = |b: &u8| *b == b' ' || *b == b'\t';
     let start = value.iter().position(|b| !trim(b)).unwrap_or(value.len());
-    let end = value.iter().rposition(|b| !trim(b)).map_or(start, |i| i + 1);
+    let end = value
+        .iter()
+        .rposition(|b| !trim(b))
+        .map_or(start, |i| i + 1);
     let value = &value[start..end];
     let (scheme, presented) = match value.iter().position(|b| *b == b' ') {
         Some(i) => (&value[..i], &value[i + 1..]),
@@ -290,9 +295,15 @@ mod tests {
             Err(Refusal::BadRequest(_))
         ));
         let two = [("host", "127.0.0.1:9091"), ("host", "127.0.0.1:9091")];
-        assert!(matches!(check("/reload", &two, &cfg), Err(Refusal::BadRequest(_))));
+        assert!(matches!(
+            check("/reload", &two, &cfg),
+            Err(Refusal::BadRequest(_))
+        ));
         let junk = [("host", "127.0.0.1:9091/x")];
-        assert!(matches!(check("/reload", &junk, &cfg), Err(Refusal::BadRequest(_))));
+        assert!(matches!(
+            check("/reload", &junk, &cfg),
+            Err(Refusal::BadRequest(_))
+        ));
         let mut old = req("/healthz", &[]);
         old.set_version(Version::HTTP_10);
         assert_eq!(admit(&old, local(), &cfg), Ok(()));
@@ -360,8 +371,14 @@ mod tests {
             ),
             Err(Refusal::BadAuthorization(_))
         ));
-        assert_eq!(check("/metrics", &[host, ("authorization", &right)], &cfg), Ok(()));
-        assert_eq!(check("/reload", &[host, ("authorization", &lower)], &cfg), Ok(()));
+        assert_eq!(
+            check("/metrics", &[host, ("authorization", &right)], &cfg),
+            Ok(())
+        );
+        assert_eq!(
+            check("/reload", &[host, ("authorization", &lower)], &cfg),
+            Ok(())
+        );
         assert_eq!(check("/healthz", &[host], &cfg), Ok(()));
         assert_eq!(check("/readyz", &[host], &cfg), Ok(()));
         assert_eq!(check("/nope", &[host], &cfg), Err(Refusal::MissingToken));

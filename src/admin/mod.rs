@@ -101,11 +101,7 @@ impl ServeHttp for AdminApp {
         let method = session.req_header().method.clone();
         let path = session.req_header().uri.path().to_string();
         let local = session.server_addr().and_then(|a| a.as_inet()).copied();
-        let admitted = guard::admit(
-            session.req_header(),
-            local,
-            &self.state.load().config.admin,
-        );
+        let admitted = guard::admit(session.req_header(), local, &self.state.load().config.admin);
         if let Err(r) = admitted {
             // No header values here: they are the caller's and may hold a token.
             tracing::info!(reason = r.reason(), %method, path = %path, "admin request refused");

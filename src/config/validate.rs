@@ -323,16 +323,13 @@ fn admin_settings(f: &AdminFile, c: &mut Collector) -> AdminSettings {
         }
     }
     // The problem names the rule, never the value: it is a secret.
-    let token = f
-        .token
-        .as_ref()
-        .and_then(|t| match AdminToken::new(&t.0) {
-            Ok(t) => Some(t),
-            Err(e) => {
-                c.push("admin.token", e);
-                None
-            }
-        });
+    let token = f.token.as_ref().and_then(|t| match AdminToken::new(&t.0) {
+        Ok(t) => Some(t),
+        Err(e) => {
+            c.push("admin.token", e);
+            None
+        }
+    });
     AdminSettings {
         listen: f.listen.clone(),
         allowed_hosts,
@@ -898,19 +895,32 @@ key = ["cookie:session", "ip"]
     }
     #[test]
     fn admin_token_and_allowed_hosts_are_validated_without_echoing_the_token() {
-        let with = |extra: &str| GOOD.replace(
-            "listen = \"127.0.0.1:9091\"",
-            &format!("listen = \"127.0.0.1:9091\"\n{extra}"),
-        );
+        let with = |extra: &str| {
+            GOOD.replace(
+                "listen = \"127.0.0.1:9091\"",
+                &format!("listen = \"127.0.0.1:9091\"\n{extra}"),
+            )
+        };
         let cfg = from_str(&with(
             "allowed_hosts = [\"admin.example\", \"[::1]:9\"]\ntoken = \"tok-0123456789-SECRET\"",
         ))
         .unwrap();
         assert_eq!(cfg.admin.allowed_hosts.len(), 2);
-        assert!(cfg.admin.token.as_ref().unwrap().matches(b"tok-0123456789-SECRET"));
-        assert!(!format!("{cfg:?}").contains("SECRET"), "Debug shows the token");
+        assert!(cfg
+            .admin
+            .token
+            .as_ref()
+            .unwrap()
+            .matches(b"tok-0123456789-SECRET"));
+        assert!(
+            !format!("{cfg:?}").contains("SECRET"),
+            "Debug shows the token"
+        );
         let file: GatewayFile = toml::from_str(&with("token = \"tok-0123456789-SECRET\"")).unwrap();
-        assert!(!format!("{file:?}").contains("SECRET"), "Debug shows the token");
+        assert!(
+            !format!("{file:?}").contains("SECRET"),
+            "Debug shows the token"
+        );
 
         let err = from_str(&with(
             "allowed_hosts = [\"http://admin.example/\"]\ntoken = \"SHORTSECRET\"",
