@@ -16,8 +16,11 @@ path="${GATEWAY_HEALTH_PATH:-/healthz}"
 # Connect; a refused connection fails the redirection (bash prints why, which Docker keeps in
 # the health log) and so the check.
 exec 3<>"/dev/tcp/${host}/${port}" || exit 1
+# The admin listener answers only a Host naming it: ip:port (IPv6 in brackets).
+authority="${host}:${port}"
+case "$host" in *:*) authority="[${host}]:${port}" ;; esac
 printf 'GET %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: docker-healthcheck\r\nConnection: close\r\n\r\n' \
-    "$path" "$host" >&3 || exit 1
+    "$path" "$authority" >&3 || exit 1
 # Only the status line matters; bound the wait so a stuck listener cannot hang the check
 # (Docker's --timeout is the outer bound).
 IFS= read -r -t 2 status_line <&3 || exit 1

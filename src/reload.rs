@@ -56,7 +56,8 @@ impl Reloader {
             .and_then(|r| r.map_err(|e| e.problems()));
         let current = self.state.load_full();
         let result = loaded.and_then(|cfg| {
-            if cfg.server != current.config.server || cfg.admin != current.config.admin {
+            // The admin token and allowed_hosts are read per request: they apply now.
+            if cfg.server != current.config.server || cfg.admin.listen != current.config.admin.listen {
                 warn!("server/admin settings changed: listeners, TLS and threads take effect after a restart");
             }
             Snapshot::build(cfg, Some(&current), &self.http, &self.metrics).map_err(|e| vec![e.to_string()])

@@ -1,7 +1,10 @@
 //! The side listener for operators: `GET /healthz` (the process runs), `GET /readyz` (every
 //! issuer has keys: 503 until then), `GET /metrics` (Prometheus text) and `POST /reload`
-//! (re-read the config file, as SIGHUP does).
+//! (re-read the config file, as SIGHUP does). `guard` decides first who may ask: only
+//! requests naming this listener in `Host`, never a browser page, and with `[admin] token`
+//! set, only its holders (the probes excepted). Its settings follow reloads.
 
+mod guard;
 mod metrics;
 
 use std::sync::Arc;
@@ -68,11 +71,42 @@ fn json(status: StatusCode, v: serde_json::Value) -> Response<Vec<u8>> {
     respond(status, "application/json", v.to_string().into_bytes())
 }
 
+fn refused(r: guard::Refusal) -> Response<Vec<u8>> {
+    let (error, description) = r.error_pair();
+    let mut resp = json(
+        r.status(),
+        serde_json::json!({"error": error, "error_description": description}),
+    );
+    if let Some(v) = r
+        .www_authenticate()
+        .and_then(|v| http::HeaderValue::from_str(&v).ok())
+    {
+        resp.headers_mut().insert(http::header::WWW_AUTHENTICATE, v);
+    }
+    resp
+}
+
+/// `POST /reload` takes no body: one means a client that thinks it sends something.
+fn has_body(headers: &http::HeaderMap) -> bool {
+    headers.contains_key(http::header::TRANSFER_ENCODING)
+        || headers
+            .get_all(http::header::CONTENT_LENGTH)
+            .iter()
+            .any(|v| v.as_bytes() != b"0")
+}
+
 #[async_trait]
 impl ServeHttp for AdminApp {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
         let method = session.req_header().method.clone();
         let path = session.req_header().uri.path().to_string();
+        let local = session.server_addr().and_then(|a| a.as_inet()).copied();
+        let admitted = guard::admit(session.req_header(), local, &self.state.load().config.admin);
+        if let Err(r) = admitted {
+            // No header values here: they are the caller's and may hold a token.
+            tracing::info!(reason = r.reason(), %method, path = %path, "admin request refused");
+            return refused(r);
+        }
         match (method, path.as_str()) {
             (Method::GET | Method::HEAD, "/healthz") => {
                 json(StatusCode::OK, serde_json::json!({"status": "ok"}))
@@ -115,6 +149,10 @@ impl ServeHttp for AdminApp {
                     self.metrics.render(),
                 )
             }
+            (Method::POST, "/reload") if has_body(&session.req_header().headers) => json(
+                StatusCode::BAD_REQUEST,
+                serde_json::json!({"error": "invalid_request", "error_description": "POST /reload takes no body"}),
+            ),
             (Method::POST, "/reload") => match &self.reloader {
                 None => json(
                     StatusCode::NOT_FOUND,

@@ -104,13 +104,33 @@ pub struct AdminFile {
     /// Defaults to `127.0.0.1:9091`.
     #[serde(default = "default_admin_listen")]
     pub listen: String,
+    /// `Host` values answered besides the listener's own `ip:port` and `localhost:PORT`:
+    /// `name` (any port) or `name:port`. Defaults to none.
+    #[serde(default)]
+    pub allowed_hosts: Vec<String>,
+    /// Bearer token every admin endpoint but `/healthz` and `/readyz` requires (write
+    /// `"${ADMIN_TOKEN}"`). Defaults to none: no token asked.
+    pub token: Option<Redacted>,
 }
 
 impl Default for AdminFile {
     fn default() -> Self {
         AdminFile {
             listen: default_admin_listen(),
+            allowed_hosts: Vec::new(),
+            token: None,
         }
+    }
+}
+
+/// A secret value from the file: `Debug` prints `Redacted(..)`, never the value.
+#[derive(Clone, Deserialize, PartialEq)]
+#[serde(transparent)]
+pub struct Redacted(pub String);
+
+impl std::fmt::Debug for Redacted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Redacted(..)")
     }
 }
 

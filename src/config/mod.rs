@@ -2,10 +2,12 @@
 //! `${ENV}` references, checks every key and returns the runtime configuration, or every
 //! problem at once with its location (`check` prints them; `serve` refuses to start).
 
+mod admin;
 mod file;
 mod schema;
 mod validate;
 
+pub use admin::{AdminToken, Authority, Host};
 pub use file::*;
 pub use validate::*;
 

@@ -30,7 +30,7 @@ const SERVER: &[&str] = &[
     "headers_with_underscores",
 ];
 const TLS: &[&str] = &["cert_path", "key_path"];
-const ADMIN: &[&str] = &["listen"];
+const ADMIN: &[&str] = &["listen", "allowed_hosts", "token"];
 const LOGGING: &[&str] = &["format", "level", "access_log"];
 const RATE_LIMIT: &[&str] = &[
     "backend",
@@ -218,6 +218,8 @@ cert_path = "a"
 key_path = "b"
 [admin]
 listen = "127.0.0.1:2"
+allowed_hosts = []
+token = "0123456789abcdef"
 [logging]
 format = "json"
 level = "info"

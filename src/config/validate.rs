@@ -10,7 +10,7 @@ use ipnet::IpNet;
 use jsonwebtoken::Algorithm;
 
 use super::file::*;
-use super::{ConfigError, Problem};
+use super::{AdminToken, Authority, ConfigError, Problem};
 use crate::policy::{KeySource, LimitGroup, PathTemplate, RequiredScopes};
 use crate::ratelimit::{Backend, LimitSpec, OnBackendError, RateLimiterConfig};
 
@@ -61,6 +61,10 @@ pub enum UnderscoreHeaders {
 #[derive(Debug, Clone, PartialEq)]
 pub struct AdminSettings {
     pub listen: String,
+    /// `Host` values answered besides the listener's own address and `localhost:PORT`.
+    pub allowed_hosts: Vec<Authority>,
+    /// Required on every endpoint but the probes when set (`Debug` redacts it).
+    pub token: Option<AdminToken>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -166,6 +170,7 @@ pub fn validate(file: &GatewayFile, base_dir: &Path) -> Result<GatewayConfig, Co
     } else if file.admin.listen == file.server.listen {
         c.push("admin.listen", "must differ from server.listen");
     }
+    let admin = admin_settings(&file.admin, &mut c);
     let logging = logging_settings(&file.logging, &mut c);
     let rate_limit = rate_limit_settings(&file.rate_limit, &mut c);
 
@@ -227,9 +232,7 @@ pub fn validate(file: &GatewayFile, base_dir: &Path) -> Result<GatewayConfig, Co
     }
     Ok(GatewayConfig {
         server,
-        admin: AdminSettings {
-            listen: file.admin.listen.clone(),
-        },
+        admin,
         logging,
         rate_limit,
         issuers,
@@ -349,6 +352,32 @@ pub fn parse_cidr(s: &str) -> Option<IpNet> {
     s.parse::<IpNet>()
         .ok()
         .or_else(|| s.parse::<std::net::IpAddr>().ok().map(IpNet::from))
+}
+
+fn admin_settings(f: &AdminFile, c: &mut Collector) -> AdminSettings {
+    let mut allowed_hosts = Vec::new();
+    for (i, h) in f.allowed_hosts.iter().enumerate() {
+        match Authority::parse(h) {
+            Some(a) => allowed_hosts.push(a),
+            None => c.push(
+                format!("admin.allowed_hosts[{i}]"),
+                format!("{h:?} is not a host or host:port (IPv6 in brackets)"),
+            ),
+        }
+    }
+    // The problem names the rule, never the value: it is a secret.
+    let token = f.token.as_ref().and_then(|t| match AdminToken::new(&t.0) {
+        Ok(t) => Some(t),
+        Err(e) => {
+            c.push("admin.token", e);
+            None
+        }
+    });
+    AdminSettings {
+        listen: f.listen.clone(),
+        allowed_hosts,
+        token,
+    }
 }
 
 fn logging_settings(f: &LoggingFile, c: &mut Collector) -> LoggingSettings {
@@ -918,5 +947,43 @@ key = ["cookie:session", "ip"]
             err.to_string().contains("server.trusted_proxies[0]"),
             "{err}"
         );
+    }
+    #[test]
+    fn admin_token_and_allowed_hosts_are_validated_without_echoing_the_token() {
+        let with = |extra: &str| {
+            GOOD.replace(
+                "listen = \"127.0.0.1:9091\"",
+                &format!("listen = \"127.0.0.1:9091\"\n{extra}"),
+            )
+        };
+        let cfg = from_str(&with(
+            "allowed_hosts = [\"admin.example\", \"[::1]:9\"]\ntoken = \"tok-0123456789-SECRET\"",
+        ))
+        .unwrap();
+        assert_eq!(cfg.admin.allowed_hosts.len(), 2);
+        assert!(cfg
+            .admin
+            .token
+            .as_ref()
+            .unwrap()
+            .matches(b"tok-0123456789-SECRET"));
+        assert!(
+            !format!("{cfg:?}").contains("SECRET"),
+            "Debug shows the token"
+        );
+        let file: GatewayFile = toml::from_str(&with("token = \"tok-0123456789-SECRET\"")).unwrap();
+        assert!(
+            !format!("{file:?}").contains("SECRET"),
+            "Debug shows the token"
+        );
+
+        let err = from_str(&with(
+            "allowed_hosts = [\"http://admin.example/\"]\ntoken = \"SHORTSECRET\"",
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("admin.allowed_hosts[0]"), "{err}");
+        assert!(err.contains("admin.token: must be at least 16"), "{err}");
+        assert!(!err.contains("SHORTSECRET"), "{err}");
     }
 }
