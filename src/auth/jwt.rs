@@ -51,28 +51,111 @@ pub enum ScopeClaim {
 }
 
 impl Claims {
-    pub fn scopes(&self) -> Vec<String> {
-        let from = |c: &ScopeClaim| -> Vec<String> {
-            match c {
-                ScopeClaim::Text(s) => s
-                    .split(' ')
-                    .filter(|s| !s.is_empty())
-                    .map(str::to_string)
-                    .collect(),
-                ScopeClaim::List(v) => v
-                    .iter()
-                    .flat_map(|s| s.split(' '))
-                    .filter(|s| !s.is_empty())
-                    .map(str::to_string)
-                    .collect(),
-            }
+    /// The identity the gateway forwards (`X-Auth-Subject`, `X-Auth-Client-Id`,
+    /// `X-Auth-Scopes`), checked against each claim's grammar. A value that an upstream would not
+    /// read back exactly as the token says it (trimmed, split, dropped or re-decoded) refuses the
+    /// whole token: forwarding something else than what the issuer signed is worse than a 401.
+    ///
+    /// - `sub`, `client_id` (else `azp`): non-empty printable ASCII (0x20–0x7E) without a leading
+    ///   or trailing space. Non-ASCII is refused rather than encoded: header bytes above 0x7E are
+    ///   opaque `obs-text` that upstreams decode differently (WSGI reads them as Latin-1), and an
+    ///   encoding would change what every existing upstream reads for the same header.
+    /// - `scope`, or `scp` when `scope` is absent, as a string: scope-tokens (RFC 6749 §3.3,
+    ///   `%x21 / %x23-5B / %x5D-7E`) separated by spaces. Runs of spaces are tolerated since the
+    ///   forwarded value is rebuilt with single spaces; any other separator is refused.
+    /// - `scp` as an array: every element one scope-token (no space inside, not empty).
+    pub fn identity(&self) -> Result<Identity<'_>, AuthError> {
+        let sub = match self.sub.as_deref() {
+            Some(s) if !is_header_text(s) => return Err(AuthError::UnforwardableClaim("sub")),
+            other => other,
         };
-        match (&self.scope, &self.scp) {
-            (Some(s), _) => from(s),
-            (None, Some(s)) => from(s),
-            (None, None) => Vec::new(),
+        let client_id = match (self.client_id.as_deref(), self.azp.as_deref()) {
+            (Some(c), _) if !is_header_text(c) => {
+                return Err(AuthError::UnforwardableClaim("client_id"))
+            }
+            (Some(c), _) => Some(c),
+            (None, Some(a)) if !is_header_text(a) => {
+                return Err(AuthError::UnforwardableClaim("azp"))
+            }
+            (None, a) => a,
+        };
+        let (claim, name) = match (&self.scope, &self.scp) {
+            (Some(s), _) => (Some(s), "scope"),
+            (None, s) => (s.as_ref(), "scp"),
+        };
+        let mut scopes = String::new();
+        let mut push = |token: &str| -> Result<(), AuthError> {
+            if !is_scope_token(token) {
+                return Err(AuthError::UnforwardableClaim(name));
+            }
+            if !scopes.is_empty() {
+                scopes.push(' ');
+            }
+            scopes.push_str(token);
+            Ok(())
+        };
+        match claim {
+            Some(ScopeClaim::Text(s)) => {
+                for token in s.split(' ').filter(|t| !t.is_empty()) {
+                    push(token)?;
+                }
+            }
+            Some(ScopeClaim::List(v)) => {
+                for token in v {
+                    push(token)?;
+                }
+            }
+            None => {}
         }
+        Ok(Identity {
+            sub,
+            client_id,
+            scopes,
+        })
     }
+}
+
+/// What a verified token says about its caller, every value valid as an HTTP header value as
+/// is (only [`Claims::identity`] builds one).
+#[derive(Debug)]
+pub struct Identity<'a> {
+    sub: Option<&'a str>,
+    client_id: Option<&'a str>,
+    scopes: String,
+}
+
+impl<'a> Identity<'a> {
+    /// `sub`.
+    pub fn sub(&self) -> Option<&'a str> {
+        self.sub
+    }
+
+    /// `client_id`, else `azp`.
+    pub fn client_id(&self) -> Option<&'a str> {
+        self.client_id
+    }
+
+    /// The granted scope-tokens, joined by single spaces.
+    pub fn scopes(&self) -> &str {
+        &self.scopes
+    }
+}
+
+/// Non-empty printable ASCII with no space at either end: an HTTP header value that no
+/// recipient trims, splits or decodes differently.
+fn is_header_text(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.iter().all(|c| (0x20..=0x7e).contains(c))
+        && b.first() != Some(&b' ')
+        && b.last() != Some(&b' ')
+}
+
+/// RFC 6749 §3.3: `scope-token = 1*( %x21 / %x23-5B / %x5D-7E )`.
+fn is_scope_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|c| matches!(c, 0x21 | 0x23..=0x5b | 0x5d..=0x7e))
 }
 
 /// A token split and decoded, not yet verified.
@@ -343,15 +426,154 @@ mod tests {
         }
     }
 
+    fn identity(claims: Value) -> Result<(Option<String>, Option<String>, String), AuthError> {
+        let c: Claims = serde_json::from_value(claims).unwrap();
+        let i = c.identity()?;
+        Ok((
+            i.sub().map(str::to_string),
+            i.client_id().map(str::to_string),
+            i.scopes().to_string(),
+        ))
+    }
+
+    fn scopes(claims: Value) -> Result<String, AuthError> {
+        identity(claims).map(|(_, _, s)| s)
+    }
+
     #[test]
     fn scopes_come_from_scope_or_scp() {
-        let c: Claims = serde_json::from_value(serde_json::json!({"scope": "a b  c"})).unwrap();
-        assert_eq!(c.scopes(), vec!["a", "b", "c"]);
-        let c: Claims = serde_json::from_value(serde_json::json!({"scp": ["a", "b"]})).unwrap();
-        assert_eq!(c.scopes(), vec!["a", "b"]);
-        let c: Claims = serde_json::from_value(serde_json::json!({"scp": "x y"})).unwrap();
-        assert_eq!(c.scopes(), vec!["x", "y"]);
-        let c: Claims = serde_json::from_value(serde_json::json!({})).unwrap();
-        assert!(c.scopes().is_empty());
+        assert_eq!(scopes(serde_json::json!({"scope": "a b"})).unwrap(), "a b");
+        assert_eq!(
+            scopes(serde_json::json!({"scp": ["a", "b"]})).unwrap(),
+            "a b"
+        );
+        assert_eq!(scopes(serde_json::json!({"scp": "x y"})).unwrap(), "x y");
+        assert_eq!(scopes(serde_json::json!({})).unwrap(), "");
+        assert_eq!(scopes(serde_json::json!({"scope": ""})).unwrap(), "");
+        assert_eq!(scopes(serde_json::json!({"scp": []})).unwrap(), "");
+        // `scope` wins; `scp` is then neither read nor checked.
+        assert_eq!(
+            scopes(serde_json::json!({"scope": "a", "scp": ["b c"]})).unwrap(),
+            "a"
+        );
+    }
+
+    #[test]
+    fn scope_string_runs_of_spaces_are_rebuilt_with_single_spaces() {
+        for s in ["a b  c", " a b c", "a b c ", "  a   b c  "] {
+            assert_eq!(
+                scopes(serde_json::json!({"scope": s})).unwrap(),
+                "a b c",
+                "{s:?}"
+            );
+            assert_eq!(
+                scopes(serde_json::json!({"scp": s})).unwrap(),
+                "a b c",
+                "{s:?}"
+            );
+        }
+        assert_eq!(scopes(serde_json::json!({"scope": "   "})).unwrap(), "");
+        // Every scope-token character is kept as is.
+        let all = "!#$%&'()*+,-./0123456789:;<=>?@AZ[]^_`az{|}~";
+        assert_eq!(scopes(serde_json::json!({"scope": all})).unwrap(), all);
+    }
+
+    #[test]
+    fn scope_string_outside_the_grammar_is_unforwardable() {
+        for bad in [
+            "a\tb",
+            "a\t",
+            "a\rb",
+            "a\nb",
+            "a\u{0}b",
+            "a\u{7f}",
+            "a\"b",
+            "a\\b",
+            "r\u{e9}ad",
+            "a\u{a0}b",
+            "a\u{3000}b",
+        ] {
+            assert_eq!(
+                scopes(serde_json::json!({"scope": bad})),
+                Err(AuthError::UnforwardableClaim("scope")),
+                "{bad:?}"
+            );
+            assert_eq!(
+                scopes(serde_json::json!({"scp": bad})),
+                Err(AuthError::UnforwardableClaim("scp")),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn scp_array_element_must_be_one_scope_token() {
+        for bad in ["read:a write:b", "", " a", "a ", "a\tb", "a\"", "\u{e9}"] {
+            assert_eq!(
+                scopes(serde_json::json!({"scp": ["ok", bad]})),
+                Err(AuthError::UnforwardableClaim("scp")),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn sub_and_client_id_must_be_printable_ascii_without_edge_spaces() {
+        let ok = identity(serde_json::json!({"sub": "user one", "client_id": "a\"b\\c~"}));
+        assert_eq!(
+            ok.unwrap(),
+            (
+                Some("user one".into()),
+                Some("a\"b\\c~".into()),
+                String::new()
+            )
+        );
+        let absent = identity(serde_json::json!({})).unwrap();
+        assert_eq!(absent, (None, None, String::new()));
+        for bad in [
+            "",
+            " ",
+            " admin",
+            "admin ",
+            "ad\tmin",
+            "ad\rmin",
+            "ad\nmin",
+            "ad\u{0}min",
+            "ad\u{7f}min",
+            "ad\u{1b}min",
+            "jos\u{e9}",
+            "\u{1f600}",
+        ] {
+            assert_eq!(
+                identity(serde_json::json!({"sub": bad})),
+                Err(AuthError::UnforwardableClaim("sub")),
+                "{bad:?}"
+            );
+            assert_eq!(
+                identity(serde_json::json!({"client_id": bad, "azp": "fine"})),
+                Err(AuthError::UnforwardableClaim("client_id")),
+                "{bad:?}"
+            );
+            assert_eq!(
+                identity(serde_json::json!({"azp": bad})),
+                Err(AuthError::UnforwardableClaim("azp")),
+                "{bad:?}"
+            );
+        }
+        // `azp` stands in for `client_id` only when `client_id` is absent.
+        let (_, cid, _) = identity(serde_json::json!({"azp": "app"})).unwrap();
+        assert_eq!(cid.as_deref(), Some("app"));
+        let (_, cid, _) = identity(serde_json::json!({"client_id": "c", "azp": " x"})).unwrap();
+        assert_eq!(cid.as_deref(), Some("c"));
+    }
+
+    #[test]
+    fn unforwardable_claim_names_the_claim_never_its_value() {
+        let e = identity(serde_json::json!({"sub": " secret-admin"})).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "token claim sub cannot be forwarded faithfully"
+        );
+        assert_eq!(e.reason(), "unforwardable_claim");
     }
 }

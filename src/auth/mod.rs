@@ -52,6 +52,10 @@ pub enum AuthError {
     IssuerNotAllowed,
     #[error("signing keys of the issuer are not loaded yet")]
     KeysUnavailable,
+    /// A claim the gateway forwards as a header is outside its grammar (the claim's name, never
+    /// its value).
+    #[error("token claim {0} cannot be forwarded faithfully")]
+    UnforwardableClaim(&'static str),
 }
 
 impl AuthError {
@@ -71,6 +75,7 @@ impl AuthError {
             AuthError::WrongAudience => "wrong_audience",
             AuthError::InvalidClaims(_) => "invalid_claims",
             AuthError::KeysUnavailable => "keys_unavailable",
+            AuthError::UnforwardableClaim(_) => "unforwardable_claim",
         }
     }
 }
@@ -105,11 +110,10 @@ impl Expiring for CachedToken {
 }
 
 impl Principal {
-    fn pack(
-        sub: Option<&str>,
-        client_id: Option<&str>,
-        scopes: &str,
-    ) -> (Box<str>, Option<u32>, Option<u32>) {
+    /// Only a checked [`jwt::Identity`] goes in, so every string read back is a valid header
+    /// value.
+    fn pack(identity: &jwt::Identity<'_>) -> (Box<str>, Option<u32>, Option<u32>) {
+        let (sub, client_id, scopes) = (identity.sub(), identity.client_id(), identity.scopes());
         let mut text = String::with_capacity(
             sub.map_or(0, str::len) + client_id.map_or(0, str::len) + scopes.len(),
         );
@@ -262,10 +266,8 @@ impl Authenticator {
             .as_ref()
             .and_then(|v| v.as_u64())
             .ok_or(AuthError::InvalidClaims("token has no exp claim"))?;
-        let scopes = claims.scopes().join(" ");
-        let client_id = claims.client_id.as_deref().or(claims.azp.as_deref());
-        let (text, sub_len, client_id_len) =
-            Principal::pack(claims.sub.as_deref(), client_id, &scopes);
+        let identity = claims.identity()?;
+        let (text, sub_len, client_id_len) = Principal::pack(&identity);
         let principal = Arc::new(Principal {
             issuer_index: index,
             exp,
@@ -298,9 +300,16 @@ impl Authenticator {
 mod tests {
     use super::*;
 
+    fn pack(claims: serde_json::Value) -> (Box<str>, Option<u32>, Option<u32>) {
+        let claims: jwt::Claims = serde_json::from_value(claims).unwrap();
+        Principal::pack(&claims.identity().unwrap())
+    }
+
     #[test]
     fn principal_packs_and_reads_its_strings() {
-        let (text, s, c) = Principal::pack(Some("user-1"), Some("app"), "read:a write:b");
+        let (text, s, c) = pack(serde_json::json!({
+            "sub": "user-1", "client_id": "app", "scope": "read:a  write:b"
+        }));
         let p = Principal {
             issuer_index: 0,
             exp: 0,
@@ -313,7 +322,7 @@ mod tests {
         assert_eq!(p.sub(), Some("user-1"));
         assert_eq!(p.client_id(), Some("app"));
         assert_eq!(p.scopes(), "read:a write:b");
-        let (text, s, c) = Principal::pack(None, Some(""), "");
+        let (text, s, c) = pack(serde_json::json!({"azp": "x"}));
         let q = Principal {
             text,
             sub_len: s,
@@ -321,7 +330,7 @@ mod tests {
             ..p
         };
         assert_eq!(q.sub(), None);
-        assert_eq!(q.client_id(), Some(""));
+        assert_eq!(q.client_id(), Some("x"));
         assert_eq!(q.scopes(), "");
     }
 }
