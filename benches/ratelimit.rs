@@ -1,6 +1,7 @@
 //! Rate-limiter benchmark (a plain `main`, no timing assertions): prints
 //! - resident memory of the memory backend holding 1M distinct keys, one request each;
 //! - memory-backend decisions per second on one thread with 1 key and with 100k keys;
+//! - the cost of a decision for a new key when the memory backend is full of live keys;
 //! - p50 / p99 / max latency of sequential Redis decisions over loopback, against a
 //!   `redis-server` it starts itself on a free port (skipped, saying so, if there is none).
 //!
@@ -35,6 +36,9 @@ fn main() {
 
     println!("== memory backend: decisions per second (1 thread) ==");
     rt.block_on(throughput(&per_minute));
+
+    println!("== memory backend: new keys into a store full of live keys (1 thread) ==");
+    rt.block_on(full_store(&per_minute));
 
     println!("== redis backend: latency over loopback ==");
     rt.block_on(redis_latency(&per_minute));
@@ -115,6 +119,41 @@ async fn throughput(limits: &[LimitSpec]) {
         );
     }
     report("100k keys, best", best, DECISIONS);
+}
+
+async fn full_store(limits: &[LimitSpec]) {
+    // 100k keys max, filled with 200k distinct keys inside one window (all still live), then
+    // DECISIONS more new keys: what an attacker spraying keys costs each decision.
+    let mut key = String::with_capacity(32);
+    let mut best = Duration::MAX;
+    for round in 1..=ROUNDS {
+        let (l, metrics) = limiter(RateLimiterConfig {
+            memory_max_keys: MANY_KEYS as u64,
+            ..RateLimiterConfig::default()
+        });
+        for i in 0..2 * MANY_KEYS as u64 {
+            key.clear();
+            key.push_str("fill:");
+            push_u64(&mut key, i);
+            let _ = l.check("authorize", limits, &key).await;
+        }
+        let started = Instant::now();
+        let mut allowed = 0u64;
+        for i in 0..DECISIONS {
+            key.clear();
+            key.push_str("new:");
+            push_u64(&mut key, i);
+            if matches!(l.check("authorize", limits, &key).await, Ok(d) if d.allowed) {
+                allowed += 1;
+            }
+        }
+        best = best.min(started.elapsed());
+        report(&format!("full, round {round}"), started.elapsed(), allowed);
+        if round == ROUNDS {
+            println!("  keys held at the end: {}", metrics.keys.get());
+        }
+    }
+    report("full, best", best, DECISIONS);
 }
 
 fn report(label: &str, took: Duration, allowed: u64) {

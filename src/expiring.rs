@@ -16,8 +16,12 @@
 //! - each shard holds at most `ceil(max_entries / shards)` entries;
 //! - entries past their deadline are swept: one shard per step, every shard once per
 //!   `sweep_interval_ms`, the step taken by whichever caller passes when it is due;
-//! - an insert into a full shard first sweeps it, then evicts a batch (1/16 of the shard) of the
-//!   entries closest to their deadline, so the scan is amortised over the inserts that follow.
+//! - an insert into a full shard first sweeps it; if that freed nothing, the map's [`WhenFull`]
+//!   policy decides: evict a batch (1/16 of the shard) of the entries closest to their deadline
+//!   (the token cache), or refuse the new entry and keep every live one (the rate limiter).
+//!   Either way the scan is amortised: an eviction batch serves the inserts that follow, and a
+//!   refusing shard is not scanned again before its earliest deadline, nor more than once per
+//!   `shard_cap / 100` ms (at most about 100 entries scanned per millisecond per shard).
 //!
 //! Times are milliseconds on whatever clock the caller uses, as long as it uses one.
 
@@ -60,11 +64,35 @@ pub(crate) trait Expiring {
     fn deadline(&self) -> u64;
 }
 
+/// What an insert does when its shard is full and no entry in it is past its deadline. The two
+/// callers differ because forgetting an entry costs them different things.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum WhenFull {
+    /// Evict a batch (1/16 of the shard) of the entries closest to their deadline, then insert.
+    /// For the verified-token cache: an evicted token is verified again on its next use, which
+    /// costs a signature check but never changes an answer.
+    EvictSoonest,
+    /// Keep every live entry and refuse the new one ([`Full`]); the caller decides what the
+    /// request gets. For the rate limiter: an entry before its deadline holds requests that
+    /// still count, and forgetting it would admit them again (issue 9, item 7).
+    Refuse,
+}
+
+/// An insert refused by a [`WhenFull::Refuse`] map: the id's shard is full of live entries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Full;
+
+/// A full refusing shard is scanned again at most once per `shard_cap / FULL_SCAN_PER_MS` ms.
+const FULL_SCAN_PER_MS: usize = 100;
+
 /// A bounded, sharded map from 128-bit ids to expiring values.
 pub(crate) struct ExpiringMap<V> {
     shards: Box<[Shard<V>]>,
     mask: usize,
     shard_cap: usize,
+    when_full: WhenFull,
+    /// Least time (ms) between two scans of a full [`WhenFull::Refuse`] shard.
+    rescan_gap_ms: u64,
     len: AtomicU64,
     /// Time of the next sweep step, and the shard it sweeps: one shard per step, so every
     /// shard is swept once per sweep interval and no caller pays for more than one.
@@ -75,7 +103,16 @@ pub(crate) struct ExpiringMap<V> {
 
 /// One shard, on its own cache lines so that two cores working on two shards do not contend.
 #[repr(align(128))]
-struct Shard<V>(Mutex<HashMap<u128, V, BuildHasherDefault<IdHasher>>>);
+struct Shard<V>(Mutex<Slots<V>>);
+
+struct Slots<V> {
+    map: HashMap<u128, V, BuildHasherDefault<IdHasher>>,
+    /// [`WhenFull::Refuse`] only: while the shard stays full, it is not scanned for expired
+    /// entries before this time (ms): no entry's deadline was earlier at the last scan, or that
+    /// scan was too recent. A hint: an entry whose deadline moved earlier waits for this time or
+    /// for the periodic sweep.
+    rescan_at: u64,
+}
 
 /// Ids are already uniform random bits: use the low 64 as the table hash.
 #[derive(Default)]
@@ -98,8 +135,9 @@ impl Hasher for IdHasher {
 
 impl<V: Expiring> ExpiringMap<V> {
     /// A map holding at most about `max_entries` entries (each shard `ceil(max/shards)`), whose
-    /// expired entries are swept at least once per `sweep_interval_ms`.
-    pub(crate) fn new(max_entries: u64, sweep_interval_ms: u64) -> Self {
+    /// expired entries are swept at least once per `sweep_interval_ms`; `when_full` says what
+    /// an insert into a shard full of live entries does.
+    pub(crate) fn new(max_entries: u64, sweep_interval_ms: u64, when_full: WhenFull) -> Self {
         let max_entries = max_entries.max(1);
         let shards = (max_entries / ENTRIES_PER_SHARD_HINT)
             .max(1)
@@ -107,10 +145,17 @@ impl<V: Expiring> ExpiringMap<V> {
             .min(MAX_SHARDS);
         let shard_cap = usize::try_from(max_entries.div_ceil(shards)).unwrap_or(usize::MAX);
         let shards: Box<[Shard<V>]> = (0..shards)
-            .map(|_| Shard(Mutex::new(HashMap::default())))
+            .map(|_| {
+                Shard(Mutex::new(Slots {
+                    map: HashMap::default(),
+                    rescan_at: 0,
+                }))
+            })
             .collect();
         Self {
             mask: shards.len() - 1,
+            when_full,
+            rescan_gap_ms: (shard_cap / FULL_SCAN_PER_MS).max(1) as u64,
             sweep_step_ms: (sweep_interval_ms / shards.len() as u64).max(1),
             shards,
             shard_cap,
@@ -131,55 +176,83 @@ impl<V: Expiring> ExpiringMap<V> {
     }
 
     /// Runs `f` on the entry of `id`, creating it with `make` if absent (making room first if
-    /// the shard is full), all under the shard's lock.
+    /// the shard is full), all under the shard's lock. [`Full`] (neither `make` nor `f` run)
+    /// only from a [`WhenFull::Refuse`] map whose shard for `id` is full of live entries.
     pub(crate) fn update_or_insert<R>(
         &self,
         id: u128,
         now: u64,
         make: impl FnOnce() -> V,
         f: impl FnOnce(&mut V) -> R,
-    ) -> R {
+    ) -> Result<R, Full> {
         self.maybe_sweep(now);
-        let mut map = self.shard(id).0.lock();
-        if let Some(v) = map.get_mut(&id) {
-            return f(v);
+        let mut slots = self.shard(id).0.lock();
+        if let Some(v) = slots.map.get_mut(&id) {
+            return Ok(f(v));
         }
-        if map.len() >= self.shard_cap {
-            let removed = make_room(&mut map, now, self.shard_cap);
-            self.forget(removed);
+        if slots.map.len() >= self.shard_cap && !self.make_room(&mut slots, now) {
+            return Err(Full);
         }
         let mut v = make();
         let r = f(&mut v);
-        map.insert(id, v);
+        slots.map.insert(id, v);
         self.len.fetch_add(1, Ordering::Relaxed);
-        r
+        Ok(r)
     }
 
     /// The value of `id` mapped by `f`; when `f` answers `None` the entry is removed (it is stale).
     pub(crate) fn get_or_remove<R>(&self, id: u128, f: impl FnOnce(&V) -> Option<R>) -> Option<R> {
-        let mut map = self.shard(id).0.lock();
-        let v = map.get(&id)?;
+        let mut slots = self.shard(id).0.lock();
+        let v = slots.map.get(&id)?;
         match f(v) {
             Some(r) => Some(r),
             None => {
-                map.remove(&id);
-                drop(map);
+                slots.map.remove(&id);
+                drop(slots);
                 self.forget(1);
                 None
             }
         }
     }
 
-    /// Inserts or replaces the value of `id`.
-    pub(crate) fn insert(&self, id: u128, now: u64, value: V) {
+    /// Inserts or replaces the value of `id`; false if a [`WhenFull::Refuse`] map refused a
+    /// new id (a [`WhenFull::EvictSoonest`] map always stores it).
+    pub(crate) fn insert(&self, id: u128, now: u64, value: V) -> bool {
         self.maybe_sweep(now);
-        let mut map = self.shard(id).0.lock();
-        if map.len() >= self.shard_cap && !map.contains_key(&id) {
-            let removed = make_room(&mut map, now, self.shard_cap);
-            self.forget(removed);
+        let mut slots = self.shard(id).0.lock();
+        if slots.map.len() >= self.shard_cap
+            && !slots.map.contains_key(&id)
+            && !self.make_room(&mut slots, now)
+        {
+            return false;
         }
-        if map.insert(id, value).is_none() {
+        if slots.map.insert(id, value).is_none() {
             self.len.fetch_add(1, Ordering::Relaxed);
+        }
+        true
+    }
+
+    /// Frees at least one slot in a full shard, or says it cannot: expired entries go first;
+    /// then the policy evicts the entries closest to their deadline, or refuses.
+    fn make_room(&self, slots: &mut Slots<V>, now: u64) -> bool {
+        match self.when_full {
+            WhenFull::EvictSoonest => {
+                let removed = evict_soonest(&mut slots.map, now, self.shard_cap);
+                self.forget(removed);
+                true
+            }
+            WhenFull::Refuse => {
+                if now < slots.rescan_at {
+                    return false; // nothing has expired since the last scan, or it was just now
+                }
+                let (removed, earliest) = sweep_expired(&mut slots.map, now);
+                self.forget(removed);
+                if slots.map.len() < self.shard_cap {
+                    return true;
+                }
+                slots.rescan_at = earliest.max(now.saturating_add(self.rescan_gap_ms));
+                false
+            }
         }
     }
 
@@ -201,9 +274,9 @@ impl<V: Expiring> ExpiringMap<V> {
             return;
         }
         let idx = self.sweep_cursor.fetch_add(1, Ordering::Relaxed) & self.mask;
-        if let Some(mut map) = self.shards.get(idx).and_then(|s| s.0.try_lock()) {
-            let removed = sweep_expired(&mut map, now);
-            drop(map);
+        if let Some(mut slots) = self.shards.get(idx).and_then(|s| s.0.try_lock()) {
+            let (removed, _) = sweep_expired(&mut slots.map, now);
+            drop(slots);
             self.forget(removed);
         }
     }
@@ -215,27 +288,38 @@ impl<V: Expiring> ExpiringMap<V> {
     }
 }
 
-/// Removes the entries past their deadline; returns how many.
-fn sweep_expired<V: Expiring, S: BuildHasher>(map: &mut HashMap<u128, V, S>, now: u64) -> usize {
+/// Removes the entries past their deadline; returns how many, and the earliest deadline of
+/// those left (`u64::MAX` if none).
+fn sweep_expired<V: Expiring, S: BuildHasher>(
+    map: &mut HashMap<u128, V, S>,
+    now: u64,
+) -> (usize, u64) {
     let before = map.len();
-    map.retain(|_, v| v.deadline() > now);
+    let mut earliest = u64::MAX;
+    map.retain(|_, v| {
+        let d = v.deadline();
+        if d > now {
+            earliest = earliest.min(d);
+        }
+        d > now
+    });
     let removed = before - map.len();
     // Give memory back after a wave of entries expired.
     let cap = map.capacity();
     if cap > 64 && map.len() * 4 < cap {
         map.shrink_to(map.len() * 2);
     }
-    removed
+    (removed, earliest)
 }
 
 /// Frees at least one slot in a full shard: expired entries first, then a batch (1/16 of the
 /// shard) of the entries closest to their deadline.
-fn make_room<V: Expiring, S: BuildHasher>(
+fn evict_soonest<V: Expiring, S: BuildHasher>(
     map: &mut HashMap<u128, V, S>,
     now: u64,
     cap: usize,
 ) -> usize {
-    let mut removed = sweep_expired(map, now);
+    let (mut removed, _) = sweep_expired(map, now);
     if map.len() < cap {
         return removed;
     }
@@ -286,7 +370,7 @@ mod tests {
 
     #[test]
     fn full_map_evicts_closest_deadlines_and_stays_bounded() {
-        let map = ExpiringMap::new(100, 10_000);
+        let map = ExpiringMap::new(100, 10_000, WhenFull::EvictSoonest);
         for i in 0..1_000u128 {
             map.insert(spread(i), 1, Until(1_000 + i as u64));
             assert!(map.len() <= 100);
@@ -299,7 +383,7 @@ mod tests {
 
     #[test]
     fn expired_entries_are_swept_once_per_interval() {
-        let map = ExpiringMap::new(1_000, 10_000);
+        let map = ExpiringMap::new(1_000, 10_000, WhenFull::EvictSoonest);
         for i in 0..50u128 {
             map.insert(i << 64 | i, 0, Until(30_000));
         }
@@ -312,7 +396,7 @@ mod tests {
 
     #[test]
     fn get_or_remove_drops_stale_entries() {
-        let map = ExpiringMap::new(10, 10_000);
+        let map = ExpiringMap::new(10, 10_000, WhenFull::EvictSoonest);
         map.insert(5, 0, Until(100));
         assert_eq!(map.get_or_remove(5, |v| Some(v.0)), Some(100));
         assert_eq!(map.get_or_remove(5, |_| None::<u64>), None);
@@ -330,7 +414,7 @@ mod tests {
 
     #[test]
     fn update_or_insert_is_one_step_per_id() {
-        let map = ExpiringMap::new(10, 10_000);
+        let map = ExpiringMap::new(10, 10_000, WhenFull::EvictSoonest);
         let mut seen = Vec::new();
         for _ in 0..3 {
             seen.push(map.update_or_insert(
@@ -343,7 +427,80 @@ mod tests {
                 },
             ));
         }
-        assert_eq!(seen, [1, 2, 3]);
+        assert_eq!(seen, [Ok(1), Ok(2), Ok(3)]);
         assert_eq!(map.len(), 1);
+    }
+
+    fn bump(map: &ExpiringMap<Until>, id: u128, now: u64) -> Result<u64, Full> {
+        map.update_or_insert(
+            id,
+            now,
+            || Until(now + 1_000),
+            |v| {
+                v.0 += 1;
+                v.0
+            },
+        )
+    }
+
+    #[test]
+    fn refusing_map_full_of_live_entries_refuses_new_ids_and_keeps_every_entry() {
+        let map = ExpiringMap::new(100, 10_000, WhenFull::Refuse);
+        for i in 0..100u128 {
+            assert_eq!(bump(&map, spread(i), 1), Ok(1_002));
+        }
+        for i in 100..1_000u128 {
+            assert_eq!(bump(&map, spread(i), 2), Err(Full), "id {i}");
+            assert!(!map.insert(spread(i), 2, Until(5_000)));
+        }
+        assert_eq!(map.len(), 100);
+        // Every live entry kept its value and is still updated in place.
+        for i in 0..100u128 {
+            assert_eq!(bump(&map, spread(i), 3), Ok(1_003), "id {i}");
+        }
+    }
+
+    #[test]
+    fn refusing_map_takes_new_ids_in_place_of_expired_ones_only() {
+        let map = ExpiringMap::new(100, 1_000_000, WhenFull::Refuse);
+        for i in 0..100u128 {
+            map.insert(spread(i), 0, Until(1_000 + i as u64));
+        }
+        assert_eq!(bump(&map, spread(500), 999), Err(Full));
+        // Entries 0 and 1 expire at 1000 and 1001: two new ids fit, the third does not.
+        assert!(bump(&map, spread(500), 1_001).is_ok());
+        assert!(bump(&map, spread(501), 1_001).is_ok());
+        assert_eq!(bump(&map, spread(502), 1_001), Err(Full));
+        assert_eq!(map.len(), 100);
+        for i in 2..100u128 {
+            assert!(map.get_or_remove(spread(i), |v| Some(v.0)).is_some(), "{i}");
+        }
+        assert!(map.get_or_remove(spread(0), |v| Some(v.0)).is_none());
+    }
+
+    #[test]
+    fn refusing_full_shard_is_not_scanned_again_before_its_earliest_deadline() {
+        use std::sync::atomic::AtomicUsize;
+        static READS: AtomicUsize = AtomicUsize::new(0);
+        struct Probe(u64);
+        impl Expiring for Probe {
+            fn deadline(&self) -> u64 {
+                READS.fetch_add(1, Ordering::Relaxed);
+                self.0
+            }
+        }
+        let map = ExpiringMap::new(1_000, 1_000_000, WhenFull::Refuse);
+        for i in 0..1_000u128 {
+            assert!(map.insert(spread(i), 0, Probe(60_000)));
+        }
+        assert!(!map.insert(spread(5_000), 1, Probe(60_001)), "full");
+        let after_one_scan = READS.load(Ordering::Relaxed);
+        assert!(after_one_scan >= 1_000);
+        // Refusals until the earliest deadline read no entry: each costs O(1).
+        for t in 2..10_000u64 {
+            assert!(!map.insert(spread(u128::from(t) + 5_000), t, Probe(60_001)));
+        }
+        assert_eq!(READS.load(Ordering::Relaxed), after_one_scan);
+        assert_eq!(map.len(), 1_000);
     }
 }

@@ -16,7 +16,7 @@ pub use bearer::BearerToken;
 pub use jwks::{Issuer, JwksError, KeySet, VerifyKey};
 
 use crate::admin::Metrics;
-use crate::expiring::{Expiring, ExpiringMap, Ids};
+use crate::expiring::{Expiring, ExpiringMap, Ids, WhenFull};
 
 /// Expired cached tokens are dropped within this time (or when their shard is full, or when hit).
 const CACHE_SWEEP_INTERVAL_MS: u64 = 10_000;
@@ -159,8 +159,14 @@ impl Authenticator {
             .enumerate()
             .map(|(i, iss)| (iss.cfg.issuer.clone(), i))
             .collect();
-        // Full shards evict the tokens closest to expiry first.
-        let cache = ExpiringMap::new(cache_capacity, CACHE_SWEEP_INTERVAL_MS);
+        // Full shards evict the tokens closest to expiry first: an evicted token is verified
+        // again on its next use, so eviction costs time, never a different answer (unlike the
+        // rate limiter, whose store refuses new keys instead).
+        let cache = ExpiringMap::new(
+            cache_capacity,
+            CACHE_SWEEP_INTERVAL_MS,
+            WhenFull::EvictSoonest,
+        );
         Authenticator {
             issuers,
             by_iss,

@@ -162,11 +162,14 @@ pub struct RateLimitFile {
     pub pool_size: Option<usize>,
     /// Bound on one Redis decision, in ms. Defaults to 50.
     pub timeout_ms: Option<u64>,
-    /// `fail_open` (default: decide locally and count it) or `fail_closed` (503).
+    /// When Redis fails: `fail_open` (default: decide locally and count it) or `fail_closed`
+    /// (503). Also decides a new key while the in-process store is full of live keys
+    /// (`fail_open`: admitted, not stored; `fail_closed`: 503).
     pub on_backend_error: Option<String>,
     /// Prefix of the Redis keys. Defaults to `wtgw`.
     pub key_prefix: Option<String>,
-    /// Keys the memory backend holds at most. Defaults to 1,000,000.
+    /// Keys the in-process limiter holds at most; a key is dropped only once its window is
+    /// empty, never to make room. Defaults to 1,000,000.
     pub memory_max_keys: Option<u64>,
 }
 

@@ -17,11 +17,17 @@
 //! times inline as `u32` offsets from a per-key base. Longer logs move to the heap as runs of
 //! equal times (offset, cumulative count): a busy key under a high limit (say 1e9 per minute at
 //! 40k requests/s) keeps one run per millisecond of its window, not one entry per request.
-//! A key's deadline is its last request plus the longest period of its route.
+//! A key's deadline is its last admitted request plus the longest period of its route: from
+//! then on its log counts nothing in any window, and only then may it be dropped.
+//!
+//! Full store: the map refuses new keys rather than evicting live ones ([`WhenFull::Refuse`]);
+//! dropping a key whose window still holds requests would admit them again (issue 9, item 7).
+//! [`MemoryStore::check`] then answers [`StoreFull`] and the caller decides by
+//! `on_backend_error`, e.g. with [`unstored`].
 
 use std::collections::VecDeque;
 
-use crate::expiring::{Expiring, ExpiringMap};
+use crate::expiring::{Expiring, ExpiringMap, Full, WhenFull};
 
 use super::{Decision, LimitSpec, Observation};
 
@@ -46,11 +52,22 @@ pub(crate) struct MemoryStore {
     keys: ExpiringMap<Log>,
 }
 
+/// A new key could not be stored: its part of the store is full of keys whose windows still
+/// count requests. Nothing was recorded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct StoreFull;
+
+impl From<Full> for StoreFull {
+    fn from(_: Full) -> Self {
+        StoreFull
+    }
+}
+
 impl MemoryStore {
-    /// A store holding at most about `max_keys` keys.
+    /// A store holding at most about `max_keys` keys; when full of live keys it refuses new ones.
     pub(crate) fn new(max_keys: u64) -> Self {
         Self {
-            keys: ExpiringMap::new(max_keys, SWEEP_INTERVAL_MS),
+            keys: ExpiringMap::new(max_keys, SWEEP_INTERVAL_MS, WhenFull::Refuse),
         }
     }
 
@@ -61,20 +78,29 @@ impl MemoryStore {
 
     /// Decides one request of key `id` at time `now` (ms) against `limits`, and records it if
     /// admitted. `limits` must be valid and `bounds` computed from them (the caller checks).
+    /// [`StoreFull`]: `id` is not held and there is no room for it without dropping a live key.
     pub(crate) fn check(
         &self,
         id: u128,
         now: u64,
         limits: &[LimitSpec],
         bounds: Bounds,
-    ) -> Decision {
-        self.keys.update_or_insert(
+    ) -> Result<Decision, StoreFull> {
+        let decision = self.keys.update_or_insert(
             id,
             now,
             || Log::new(now),
             |log| log.check(now, limits, bounds),
-        )
+        )?;
+        Ok(decision)
     }
+}
+
+/// The decision for the first request of a key that is not stored (the store was full and the
+/// operator chose fail-open): admitted, with the headers of a fresh key. Nothing is recorded, so
+/// such a key is not limited while the store stays full.
+pub(crate) fn unstored(now: u64, limits: &[LimitSpec], bounds: Bounds) -> Decision {
+    Log::new(now).check(now, limits, bounds)
 }
 
 impl Expiring for Log {
@@ -196,8 +222,12 @@ impl Log {
         if allowed {
             self.push(now, bounds.max_requests as usize);
         }
-        // now - base < 2^31 after prune/rebase, max period < 2^31: the sum fits in u32.
-        self.idle_until = u32::try_from(now - self.base + bounds.max_period_ms).unwrap_or(u32::MAX);
+        // The key counts nothing once its newest request leaves the longest window (a rejected
+        // request records nothing, so it does not keep the key). The newest offset < 2^31 after
+        // prune/rebase, max period < 2^31: the sum fits in u32.
+        let newest = self.stamps.last().unwrap_or(0);
+        self.idle_until =
+            u32::try_from(u64::from(newest) + bounds.max_period_ms).unwrap_or(u32::MAX);
 
         let len = self.stamps.len();
         let mut verdict = super::Verdict::new(now, allowed);
@@ -258,6 +288,16 @@ impl Stamps {
         match self {
             Stamps::Inline { buf, .. } => buf.get(i).copied().unwrap_or(0),
             Stamps::Heap(r) => r.get(i),
+        }
+    }
+
+    /// The newest time.
+    fn last(&self) -> Option<u32> {
+        match self {
+            Stamps::Inline { len, buf } => usize::from(*len)
+                .checked_sub(1)
+                .and_then(|i| buf.get(i).copied()),
+            Stamps::Heap(r) => r.runs.back().map(|x| x.0),
         }
     }
 
@@ -513,21 +553,62 @@ mod tests {
         assert_eq!(d.remaining, 1_000_000_000 - 60_000 * 40 + 40 - 1);
     }
 
+    fn spread(i: u128) -> u128 {
+        i.wrapping_mul(0x9E37_79B9_7F4A_7C15_F39C_C060_5CED_C835)
+    }
+
     #[test]
-    fn store_full_of_live_keys_evicts_and_stays_bounded() {
+    fn store_full_of_live_keys_refuses_new_keys_and_keeps_every_count() {
         let store = MemoryStore::new(100);
         let limits = [spec(1, 60_000)];
         let b = bounds(&limits);
-        for i in 0..1_000u128 {
-            store.check(
-                i.wrapping_mul(0x9E37_79B9_7F4A_7C15_F39C_C060_5CED_C835),
-                1,
-                &limits,
-                b,
-            );
-            assert!(store.len() <= 100);
+        for i in 0..100u128 {
+            assert!(store
+                .check(spread(i), 1, &limits, b)
+                .is_ok_and(|d| d.allowed));
         }
-        assert!(store.len() >= 90, "{}", store.len());
+        for i in 100..1_000u128 {
+            assert_eq!(store.check(spread(i), 2, &limits, b), Err(StoreFull));
+            assert_eq!(store.len(), 100);
+        }
+        // Every key at its limit is still limited, not forgotten.
+        for i in 0..100u128 {
+            let d = store.check(spread(i), 3, &limits, b);
+            assert!(d.is_ok_and(|d| !d.allowed), "key {i}");
+        }
+        // Once their window is over they make room (and are admitted again).
+        assert!(store
+            .check(spread(1_000), 60_001, &limits, b)
+            .is_ok_and(|d| d.allowed));
+        assert!(store.len() <= 100);
+    }
+
+    #[test]
+    fn store_key_rejected_at_its_limit_is_dropped_one_period_after_its_last_admission() {
+        let store = MemoryStore::new(1_000);
+        let limits = [spec(1, 10_000)];
+        let b = bounds(&limits);
+        assert!(store
+            .check(spread(1), 0, &limits, b)
+            .is_ok_and(|d| d.allowed));
+        // Hammered while limited: rejections record nothing and do not extend its life.
+        for t in (1..10_000).step_by(100) {
+            assert!(store
+                .check(spread(1), t, &limits, b)
+                .is_ok_and(|d| !d.allowed));
+        }
+        // The sweep due at 10 s drops it: its window ended at 10 s, whatever came after.
+        assert!(store.check(spread(2), 10_001, &limits, b).is_ok());
+        assert_eq!(store.len(), 1);
+    }
+
+    #[test]
+    fn unstored_decision_is_a_fresh_keys_first_admission() {
+        let limits = [spec(5, 60_000), spec(2, 1_000)];
+        let d = unstored(7, &limits, bounds(&limits));
+        assert!(d.allowed);
+        assert_eq!((d.limit, d.remaining), (2, 1));
+        assert_eq!(d.reset, Duration::from_millis(1_000));
     }
 
     #[test]
@@ -536,14 +617,14 @@ mod tests {
         let limits = [spec(1, 1_000), spec(5, 30_000)];
         let b = bounds(&limits);
         for i in 0..50u128 {
-            store.check(i << 64 | i, 0, &limits, b);
+            assert!(store.check(i << 64 | i, 0, &limits, b).is_ok());
         }
         assert_eq!(store.len(), 50);
         // 20 s later: not idle long enough (30 s), a sweep keeps them
-        store.check(7 << 64 | 999, 20_000, &limits, b);
+        assert!(store.check(7 << 64 | 999, 20_000, &limits, b).is_ok());
         assert_eq!(store.len(), 51);
         // past 30 s: the next sweep drops the first 50, the one used at 20 s is left
-        store.check(7 << 64 | 999, 31_000, &limits, b);
+        assert!(store.check(7 << 64 | 999, 31_000, &limits, b).is_ok());
         assert_eq!(store.len(), 1);
     }
 }

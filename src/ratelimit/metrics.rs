@@ -1,7 +1,7 @@
 //! Metrics of step 3 (may they, right now?): how the limiter's backends behave. Decisions by
 //! route and result are counted by the caller (it knows the route and what it answered); this
 //! file owns what only the limiter sees: backend errors and latency, fallbacks to the local
-//! limiter, and the number of keys the memory backend holds.
+//! limiter, the number of keys the memory backend holds, and new keys it had no room for.
 //!
 //! Registered once into the registry the admin app serves (no global registry).
 
@@ -30,6 +30,9 @@ pub struct RateLimitMetrics {
     /// `gateway_ratelimit_keys`: keys held by the in-process limiter (memory backend, or the
     /// local fallback of the Redis backend).
     pub keys: IntGauge,
+    /// `gateway_ratelimit_store_full_total{route}`: requests of a new key the in-process limiter
+    /// had no room for (full of keys whose windows still count), decided by `on_backend_error`.
+    pub store_full: IntCounterVec,
     // Pre-resolved label values: the hot path does no label lookup.
     pub(crate) redis_errors: IntCounter,
     pub(crate) redis_duration: Histogram,
@@ -65,6 +68,15 @@ impl RateLimitMetrics {
         registry.register(Box::new(backend_duration.clone()))?;
         registry.register(Box::new(fallbacks.clone()))?;
         registry.register(Box::new(keys.clone()))?;
+        let store_full = IntCounterVec::new(
+            Opts::new(
+                "gateway_ratelimit_store_full_total",
+                "Requests of a new key the in-process rate limiter had no room for \
+                 (decided by on_backend_error)",
+            ),
+            &["route"],
+        )?;
+        registry.register(Box::new(store_full.clone()))?;
         let redis_errors = backend_errors.get_metric_with_label_values(&["redis"])?;
         let redis_duration = backend_duration.get_metric_with_label_values(&["redis"])?;
         Ok(Self {
@@ -72,6 +84,7 @@ impl RateLimitMetrics {
             backend_duration,
             fallbacks,
             keys,
+            store_full,
             redis_errors,
             redis_duration,
         })
@@ -85,6 +98,11 @@ impl RateLimitMetrics {
             self.keys.set(n);
         }
     }
+
+    /// Counts a new key of route `route` that found the store full (rare: a label lookup).
+    pub(crate) fn store_full(&self, route: &str) {
+        self.store_full.with_label_values(&[route]).inc();
+    }
 }
 
 #[cfg(test)]
@@ -92,13 +110,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn metrics_new_registers_four_families() {
+    fn metrics_new_registers_every_family() {
         let registry = Registry::new();
         let m = RateLimitMetrics::new(&registry).expect("fresh registry");
         m.redis_errors.inc();
         m.redis_duration.observe(0.001);
         m.fallbacks.inc();
         m.set_keys(3);
+        m.store_full("route");
         let names: Vec<String> = registry
             .gather()
             .iter()
@@ -109,6 +128,7 @@ mod tests {
             "gateway_ratelimit_backend_duration_seconds",
             "gateway_ratelimit_fallbacks_total",
             "gateway_ratelimit_keys",
+            "gateway_ratelimit_store_full_total",
         ] {
             assert!(names.iter().any(|n| n == want), "{want} missing: {names:?}");
         }

@@ -11,7 +11,10 @@
 //! `memory.rs`) and `redis` (shared by every replica; one atomic script per decision, Redis's
 //! own clock; see `redis_backend.rs`). When Redis fails or is slow, the operator's
 //! [`OnBackendError`] picks between deciding locally (fail-open, counted) and refusing
-//! ([`RateLimitError::BackendUnavailable`], fail-closed). The caller (the proxy) turns a
+//! ([`RateLimitError::BackendUnavailable`], fail-closed). The in-process store never forgets a
+//! key whose window still counts requests: when it is full of such keys, a new key is decided by
+//! the same [`OnBackendError`] (admitted without being stored, or refused) and counted in
+//! `gateway_ratelimit_store_full_total`. The caller (the proxy) turns a
 //! [`Decision`] into the 429 / `RateLimit-*` headers and counts decisions per route.
 
 mod clock;
@@ -30,7 +33,7 @@ pub use clock::{Clock, ManualClock, SystemClock};
 pub use metrics::RateLimitMetrics;
 
 use crate::expiring::Ids;
-use memory::{period_ms, Bounds, MemoryStore, MAX_PERIOD_MS};
+use memory::{period_ms, Bounds, MemoryStore, StoreFull, MAX_PERIOD_MS};
 use redis_backend::RedisBackend;
 
 /// One limit of a route: at most `requests` per rolling `period`.
@@ -82,11 +85,13 @@ impl fmt::Debug for Backend {
     }
 }
 
-/// What to do when the Redis backend errors or times out.
+/// What to do when the Redis backend errors or times out, or when the in-process store is full
+/// of keys whose windows still count requests and a new key arrives.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum OnBackendError {
-    /// Decide with the in-process limiter (same semantics, local to this replica) and count it
-    /// in `gateway_ratelimit_fallbacks_total`.
+    /// Redis failing: decide with the in-process limiter (same semantics, local to this
+    /// replica) and count it in `gateway_ratelimit_fallbacks_total`. Store full: admit the new
+    /// key's request without storing the key (it is not limited while the store stays full).
     FailOpen,
     /// Return [`RateLimitError::BackendUnavailable`] (the proxy answers 503).
     FailClosed,
@@ -97,13 +102,15 @@ pub enum OnBackendError {
 pub struct RateLimiterConfig {
     /// Defaults to [`Backend::Memory`].
     pub backend: Backend,
-    /// Only used by the Redis backend. Defaults to [`OnBackendError::FailOpen`].
+    /// When Redis fails, and when the in-process store is full of live keys. Defaults to
+    /// [`OnBackendError::FailOpen`].
     pub on_backend_error: OnBackendError,
     /// Most keys (route x client) the in-process limiter holds (the memory backend, or the
-    /// fallback of the Redis backend); beyond it the keys closest to expiry are evicted.
-    /// At least 1. Defaults to 1,000,000 (about 100 bytes per key while a key has at most
-    /// three requests in its window, so about 100 MB when full; beyond three, 8 bytes per
-    /// distinct millisecond that holds requests of the key).
+    /// fallback of the Redis backend). A key is dropped only once its window is empty; while
+    /// the store (or the shard a new key falls in) is full of live keys, new keys are decided
+    /// by `on_backend_error`. At least 1. Defaults to 1,000,000 (about 100 bytes per key while
+    /// a key has at most three requests in its window, so about 100 MB when full; beyond
+    /// three, 8 bytes per distinct millisecond that holds requests of the key).
     pub memory_max_keys: u64,
 }
 
@@ -152,6 +159,7 @@ pub struct RateLimiter {
     clock: Arc<dyn Clock>,
     metrics: Arc<RateLimitMetrics>,
     ids: Ids,
+    on_error: OnBackendError,
     engine: Engine,
 }
 
@@ -160,7 +168,6 @@ enum Engine {
     Redis {
         remote: Box<RedisBackend>,
         fallback: MemoryStore,
-        on_error: OnBackendError,
     },
 }
 
@@ -202,13 +209,13 @@ impl RateLimiter {
                     Arc::clone(&metrics),
                 )?),
                 fallback: MemoryStore::new(cfg.memory_max_keys),
-                on_error: cfg.on_backend_error,
             },
         };
         Ok(Self {
             clock,
             metrics,
             ids: Ids::new(),
+            on_error: cfg.on_backend_error,
             engine,
         })
     }
@@ -217,8 +224,9 @@ impl RateLimiter {
     /// `limits`, recording it only if every limit admits it.
     ///
     /// Errors: [`RateLimitError::InvalidConfig`] if `limits` is empty or holds a zero or
-    /// out-of-range value; [`RateLimitError::BackendUnavailable`] only with the Redis backend,
-    /// fail-closed, when Redis fails or does not answer within the timeout.
+    /// out-of-range value; [`RateLimitError::BackendUnavailable`] only when fail-closed: Redis
+    /// failed or did not answer within the timeout, or the in-process store is full of live keys
+    /// and `key` is not one of them.
     pub async fn check(
         &self,
         scope: &str,
@@ -227,26 +235,24 @@ impl RateLimiter {
     ) -> Result<Decision, RateLimitError> {
         let bounds = validate(limits)?;
         match &self.engine {
-            Engine::Memory(store) => Ok(self.check_local(store, scope, limits, key, bounds)),
-            Engine::Redis {
-                remote,
-                fallback,
-                on_error,
-            } => match remote.check(scope, limits, key, bounds).await {
-                Ok(decision) => Ok(decision),
-                Err(e) => {
-                    self.metrics.redis_errors.inc();
-                    match on_error {
-                        OnBackendError::FailOpen => {
-                            self.metrics.fallbacks.inc();
-                            Ok(self.check_local(fallback, scope, limits, key, bounds))
-                        }
-                        OnBackendError::FailClosed => {
-                            Err(RateLimitError::BackendUnavailable(remote.describe(&e)))
+            Engine::Memory(store) => self.check_local(store, scope, limits, key, bounds),
+            Engine::Redis { remote, fallback } => {
+                match remote.check(scope, limits, key, bounds).await {
+                    Ok(decision) => Ok(decision),
+                    Err(e) => {
+                        self.metrics.redis_errors.inc();
+                        match self.on_error {
+                            OnBackendError::FailOpen => {
+                                self.metrics.fallbacks.inc();
+                                self.check_local(fallback, scope, limits, key, bounds)
+                            }
+                            OnBackendError::FailClosed => {
+                                Err(RateLimitError::BackendUnavailable(remote.describe(&e)))
+                            }
                         }
                     }
                 }
-            },
+            }
         }
     }
 
@@ -272,12 +278,25 @@ impl RateLimiter {
         limits: &[LimitSpec],
         key: &str,
         bounds: Bounds,
-    ) -> Decision {
+    ) -> Result<Decision, RateLimitError> {
         // `(&str, &str)` hashes each string followed by a terminator: ("a", "bc") != ("ab", "c").
         let id = self.ids.of((scope, key));
-        let decision = store.check(id, self.clock.now_millis(), limits, bounds);
+        let now = self.clock.now_millis();
+        let result = store.check(id, now, limits, bounds);
         self.metrics.set_keys(store.len());
-        decision
+        match result {
+            Ok(decision) => Ok(decision),
+            // Full of keys whose windows still count: never make room by forgetting one.
+            Err(StoreFull) => {
+                self.metrics.store_full(scope);
+                match self.on_error {
+                    OnBackendError::FailOpen => Ok(memory::unstored(now, limits, bounds)),
+                    OnBackendError::FailClosed => Err(RateLimitError::BackendUnavailable(
+                        "in-process store full of live keys (memory_max_keys)".into(),
+                    )),
+                }
+            }
+        }
     }
 }
 

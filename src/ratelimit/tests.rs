@@ -330,6 +330,79 @@ async fn memory_max_keys_bounds_the_store() {
     }
 }
 
+fn full_store_limiter(
+    clock: &Arc<ManualClock>,
+    on_backend_error: OnBackendError,
+) -> (RateLimiter, Arc<RateLimitMetrics>) {
+    let m = metrics();
+    let cfg = RateLimiterConfig {
+        memory_max_keys: 50,
+        on_backend_error,
+        ..RateLimiterConfig::default()
+    };
+    let clock: Arc<dyn Clock> = clock.clone();
+    let l = RateLimiter::with_clock(cfg, Arc::clone(&m), clock).expect("limiter");
+    (l, m)
+}
+
+#[tokio::test]
+async fn memory_store_full_fail_closed_refuses_new_keys_and_keeps_limited_ones() {
+    let clock = Arc::new(ManualClock::new(0));
+    let (l, m) = full_store_limiter(&clock, OnBackendError::FailClosed);
+    let limits = [spec(2, 60_000)];
+    for _ in 0..2 {
+        assert!(decide(&l, &limits, "victim").await.allowed);
+    }
+    assert!(!decide(&l, &limits, "victim").await.allowed);
+    let mut refused = 0;
+    for i in 0..500 {
+        clock.advance(ms(10));
+        match l.check("route", &limits, &format!("k{i}")).await {
+            Ok(d) => assert!(d.allowed),
+            Err(RateLimitError::BackendUnavailable(_)) => refused += 1,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert!(refused >= 450, "{refused}");
+    assert!(
+        !decide(&l, &limits, "victim").await.allowed,
+        "still limited"
+    );
+    assert_eq!(
+        m.store_full.with_label_values(&["route"]).get(),
+        refused as u64
+    );
+    assert!(m.keys.get() <= 50);
+}
+
+#[tokio::test]
+async fn memory_store_full_fail_open_admits_new_keys_unstored_and_keeps_limited_ones() {
+    let clock = Arc::new(ManualClock::new(0));
+    let (l, m) = full_store_limiter(&clock, OnBackendError::FailOpen);
+    let limits = [spec(2, 60_000)];
+    for _ in 0..2 {
+        assert!(decide(&l, &limits, "victim").await.allowed);
+    }
+    for i in 0..500 {
+        clock.advance(ms(10));
+        let d = decide(&l, &limits, &format!("k{i}")).await;
+        assert!(d.allowed);
+        assert_eq!(d.remaining, 1, "every new key gets a fresh key's headers");
+    }
+    assert!(
+        !decide(&l, &limits, "victim").await.allowed,
+        "still limited"
+    );
+    assert!(m.store_full.with_label_values(&["route"]).get() >= 450);
+    assert!(m.keys.get() <= 50);
+    // Once the first keys' windows are over, new keys are stored (and limited) again.
+    clock.advance(ms(60_000));
+    for _ in 0..2 {
+        assert!(decide(&l, &limits, "late").await.allowed);
+    }
+    assert!(!decide(&l, &limits, "late").await.allowed);
+}
+
 #[tokio::test]
 async fn check_invalid_limits_is_invalid_config() {
     let clock = Arc::new(ManualClock::new(0));
