@@ -8,7 +8,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use pingora::apps::HttpServerOptions;
 use pingora::listeners::tls::TlsSettings;
-use pingora::proxy::http_proxy_service_with_name;
+use pingora::proxy::http_proxy;
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::{ExecutionPhase, Server};
 use pingora::services::background::background_service;
@@ -17,6 +17,7 @@ use pingora::services::listening::Service;
 use crate::admin::{AdminApp, Metrics};
 use crate::auth::refresher::JwksRefresher;
 use crate::config::GatewayConfig;
+use crate::proxy::conn::{ConnApp, ConnLimits};
 use crate::proxy::Gateway;
 use crate::reload::{Reloader, SighupListener};
 use crate::state::{SharedState, Snapshot};
@@ -68,6 +69,7 @@ pub fn build_parts(
     let h2c = cfg.server.h2c;
     let access_log = cfg.logging.access_log;
     let threads = cfg.server.threads;
+    let conn_limits = ConnLimits::from_settings(&cfg.server);
     let mut conf = ServerConf {
         threads: cfg.server.threads,
         upstream_keepalive_pool_size: cfg.server.upstream_keepalive_pool_size,
@@ -92,13 +94,14 @@ pub fn build_parts(
     server.bootstrap();
 
     let gateway = Gateway::new(state.clone(), metrics.clone(), access_log, tls.is_some());
-    let mut proxy =
-        http_proxy_service_with_name(&server.configuration, gateway, "wetrials-gateway");
-    if let Some(app) = proxy.app_logic_mut() {
-        let mut opts = HttpServerOptions::default();
-        opts.h2c = h2c;
-        app.server_options = Some(opts);
-    }
+    let mut app = http_proxy(&server.configuration, gateway);
+    let mut opts = HttpServerOptions::default();
+    opts.h2c = h2c;
+    opts.h2_idle_timeout = Some(conn_limits.keepalive_timeout);
+    app.server_options = Some(opts);
+    // Connection caps and head limits sit below pingora's HTTP handling (see proxy::conn).
+    let app = ConnApp::new(app, conn_limits, metrics.conn.clone());
+    let mut proxy = Service::new("wetrials-gateway".to_string(), app);
     match &tls {
         Some((cert, key)) => {
             let mut settings =

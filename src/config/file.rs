@@ -62,6 +62,20 @@ pub struct ServerFile {
     /// Request header names with `_`: `drop` (default; not forwarded), `refuse` (400) or
     /// `forward`. Names that read as a header the gateway sets are dropped whatever this says.
     pub headers_with_underscores: Option<String>,
+    /// Largest request head (request line and headers) accepted, in bytes; a larger one is
+    /// answered 431. Defaults to 32768; from 1024 to 1048575.
+    pub max_header_bytes: Option<usize>,
+    /// Milliseconds a request head may take, from its first byte (from accept for the first
+    /// request) to its end; then 408 (or a plain close when nothing arrived). Defaults to 10000.
+    pub header_timeout_ms: Option<u64>,
+    /// Milliseconds an idle keep-alive connection is kept between requests. Defaults to 75000.
+    pub keepalive_timeout_ms: Option<u64>,
+    /// Downstream connections open at once on the data listener; more are answered 503.
+    /// Defaults to 10000.
+    pub max_connections: Option<usize>,
+    /// Downstream connections open at once from one client address (IPv6: one /64); peers in
+    /// `trusted_proxies` are exempt. Defaults to 256.
+    pub max_connections_per_ip: Option<usize>,
 }
 
 impl Default for ServerFile {
@@ -81,6 +95,11 @@ impl Default for ServerFile {
             require_tls: None,
             require_tls_status: None,
             headers_with_underscores: None,
+            max_header_bytes: None,
+            header_timeout_ms: None,
+            keepalive_timeout_ms: None,
+            max_connections: None,
+            max_connections_per_ip: None,
         }
     }
 }

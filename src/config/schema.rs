@@ -28,6 +28,11 @@ const SERVER: &[&str] = &[
     "require_tls",
     "require_tls_status",
     "headers_with_underscores",
+    "max_header_bytes",
+    "header_timeout_ms",
+    "keepalive_timeout_ms",
+    "max_connections",
+    "max_connections_per_ip",
 ];
 const TLS: &[&str] = &["cert_path", "key_path"];
 const ADMIN: &[&str] = &["listen", "allowed_hosts", "token"];
@@ -213,6 +218,11 @@ max_body_bytes = 1
 h2c = true
 upgrade_sock = "/tmp/x"
 pid_file = "/tmp/y"
+max_header_bytes = 1024
+header_timeout_ms = 1
+keepalive_timeout_ms = 1
+max_connections = 1
+max_connections_per_ip = 1
 [server.tls]
 cert_path = "a"
 key_path = "b"

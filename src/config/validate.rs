@@ -44,6 +44,12 @@ pub struct ServerSettings {
     /// 403 or 426.
     pub require_tls_status: u16,
     pub headers_with_underscores: UnderscoreHeaders,
+    /// Connection limits (`proxy::conn`).
+    pub max_header_bytes: usize,
+    pub header_timeout: Duration,
+    pub keepalive_timeout: Duration,
+    pub max_connections: usize,
+    pub max_connections_per_ip: usize,
 }
 
 /// What becomes of request header names holding `_` (CGI/WSGI servers read `X_Auth_Subject`
@@ -272,6 +278,14 @@ fn server_settings(f: &ServerFile, base_dir: &Path, c: &mut Collector) -> Server
             "at most 65536 (the body is buffered to be forwarded unchanged)",
         );
     }
+    // pingora refuses heads past 1048575 bytes (`MAX_HEADER_SIZE`) whatever this says.
+    let max_header_bytes = f.max_header_bytes.unwrap_or(32 * 1024);
+    if !(1024..=1_048_575).contains(&max_header_bytes) {
+        c.push(
+            "server.max_header_bytes",
+            format!("{max_header_bytes} is not from 1024 to 1048575"),
+        );
+    }
     let tls = f.tls.as_ref().map(|t| {
         let cert = resolve(base_dir, &t.cert_path);
         let key = resolve(base_dir, &t.key_path);
@@ -335,7 +349,36 @@ fn server_settings(f: &ServerFile, base_dir: &Path, c: &mut Collector) -> Server
                 UnderscoreHeaders::Drop
             }
         },
+        max_header_bytes,
+        header_timeout: positive_ms(c, "server.header_timeout_ms", f.header_timeout_ms, 10_000),
+        keepalive_timeout: positive_ms(
+            c,
+            "server.keepalive_timeout_ms",
+            f.keepalive_timeout_ms,
+            75_000,
+        ),
+        max_connections: at_least_one(c, "server.max_connections", f.max_connections, 10_000),
+        max_connections_per_ip: at_least_one(
+            c,
+            "server.max_connections_per_ip",
+            f.max_connections_per_ip,
+            256,
+        ),
     }
+}
+
+fn positive_ms(c: &mut Collector, at: &str, v: Option<u64>, default: u64) -> Duration {
+    if v == Some(0) {
+        c.push(at, "must be at least 1");
+    }
+    Duration::from_millis(v.unwrap_or(default).max(1))
+}
+
+fn at_least_one(c: &mut Collector, at: &str, v: Option<usize>, default: usize) -> usize {
+    if v == Some(0) {
+        c.push(at, "must be at least 1");
+    }
+    v.unwrap_or(default).max(1)
 }
 
 fn resolve(base_dir: &Path, p: &str) -> PathBuf {
@@ -928,6 +971,32 @@ key = ["cookie:session", "ip"]
         ))
         .unwrap_err();
         assert!(err.to_string().contains("absolute file path"), "{err}");
+    }
+
+    #[test]
+    fn connection_limits_have_defaults_and_are_checked() {
+        let cfg = from_str(GOOD).unwrap();
+        assert_eq!(cfg.server.max_header_bytes, 32768);
+        assert_eq!(cfg.server.header_timeout, Duration::from_secs(10));
+        assert_eq!(cfg.server.keepalive_timeout, Duration::from_secs(75));
+        assert_eq!(cfg.server.max_connections, 10_000);
+        assert_eq!(cfg.server.max_connections_per_ip, 256);
+        let err = from_str(&GOOD.replace(
+            "listen = \"127.0.0.1:8080\"",
+            "listen = \"127.0.0.1:8080\"\nmax_header_bytes = 100\nheader_timeout_ms = 0\n\
+             keepalive_timeout_ms = 0\nmax_connections = 0\nmax_connections_per_ip = 0",
+        ))
+        .unwrap_err();
+        let all = err.problems().join("\n");
+        for key in [
+            "server.max_header_bytes",
+            "server.header_timeout_ms",
+            "server.keepalive_timeout_ms",
+            "server.max_connections:",
+            "server.max_connections_per_ip",
+        ] {
+            assert!(all.contains(key), "{key} missing in {all}");
+        }
     }
 
     #[test]

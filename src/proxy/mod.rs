@@ -3,6 +3,7 @@
 //! answered there (a `Reject`) or forwarded to its route's upstream with identity headers.
 
 mod clientkey;
+pub mod conn;
 mod reject;
 mod upstream;
 

@@ -191,6 +191,32 @@ pub fn json_error(error: &str, description: &str) -> Bytes {
     Bytes::from(v.to_string())
 }
 
+/// A whole HTTP/1.1 error answer as bytes, for the connection layer (`conn.rs`), which writes
+/// before any request is parsed: JSON body, no caching, `Connection: close`.
+pub fn raw_error_response(
+    status: u16,
+    error: &str,
+    description: &str,
+    extra: &[(&str, &str)],
+) -> Bytes {
+    let body = json_error(error, description);
+    let reason = http::StatusCode::from_u16(status)
+        .ok()
+        .and_then(|s| s.canonical_reason())
+        .unwrap_or("Error");
+    let mut out = format!(
+        "HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\nCache-Control: no-store\r\nContent-Length: {}\r\nConnection: close\r\n",
+        body.len()
+    );
+    for (name, value) in extra {
+        out.push_str(&format!("{name}: {value}\r\n"));
+    }
+    out.push_str("\r\n");
+    let mut bytes = out.into_bytes();
+    bytes.extend_from_slice(&body);
+    Bytes::from(bytes)
+}
+
 /// Status, JSON content type, no caching, length, request id.
 pub fn error_header(
     status: u16,
