@@ -63,7 +63,12 @@ impl Snapshot {
                 None => Arc::new(Issuer::new(cfg.clone(), http.clone(), metrics.clone())),
             })
             .collect();
-        let auth = Authenticator::new(issuers, TOKEN_CACHE_CAPACITY, metrics.clone());
+        let auth = Authenticator::new(
+            issuers,
+            TOKEN_CACHE_CAPACITY,
+            metrics.clone(),
+            previous.map(|p| &p.auth),
+        );
 
         let upstreams: Vec<Arc<Upstream>> = config
             .upstreams

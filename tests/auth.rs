@@ -1189,3 +1189,56 @@ async fn logs_never_contain_tokens_of_malformed_requests_at_debug_level() {
     );
     assert_no_token_in(&env.gw.logs(), &[t]);
 }
+
+async fn cache(gw: &TestGateway, result: &str) -> f64 {
+    metric_value(
+        &gw.metrics().await,
+        "gateway_token_cache_requests_total",
+        &[("result", result)],
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verified_tokens_stay_cached_across_a_reload_unless_their_issuer_changed() {
+    let li = local_issuer().await;
+    let echo = echo_upstream().await;
+    let studies = RouteSpec::new("studies", "/v1/studies/{id}", "api").scopes(&["read:studies"]);
+    let cfg = Config::new()
+        .issuer(IssuerSpec::local("main", &li))
+        .upstream(UpstreamSpec::echo("api", &echo))
+        .route(studies.clone());
+    let mut gw = TestGateway::start(&cfg).await;
+    let t = token(&li, "user-1", "read:studies");
+    assert_eq!(gw.get_with_token("/v1/studies/1", &t).await.status, 200);
+    let misses = cache(&gw, "miss").await;
+    assert_eq!(misses, 1.0);
+
+    // A reload that changes the routes only: the token is still a cache hit.
+    gw.rewrite_config(
+        &cfg.clone()
+            .route(RouteSpec::new("public", "/v1/public/*", "api").public()),
+    );
+    assert_eq!(gw.reload().await.status, 200);
+    assert_eq!(gw.get_with_token("/v1/studies/2", &t).await.status, 200);
+    assert_eq!(
+        cache(&gw, "miss").await,
+        misses,
+        "verified again after a route reload"
+    );
+    assert!(cache(&gw, "hit").await >= 1.0);
+
+    // A reload that changes the issuer (its leeway): its tokens are verified again.
+    gw.rewrite_config(
+        &Config::new()
+            .issuer(IssuerSpec::local("main", &li).leeway(5))
+            .upstream(UpstreamSpec::echo("api", &echo))
+            .route(studies),
+    );
+    assert_eq!(gw.reload().await.status, 200);
+    assert_eq!(gw.get_with_token("/v1/studies/3", &t).await.status, 200);
+    assert_eq!(
+        cache(&gw, "miss").await,
+        misses + 1.0,
+        "a changed issuer re-verifies"
+    );
+}

@@ -101,6 +101,10 @@ impl KeySet {
 /// An issuer: its config and its keys.
 pub struct Issuer {
     pub cfg: IssuerConfig,
+    /// Unique per `Issuer` value of this process: a verified-token cache entry counts only for
+    /// the very issuer that verified it (a reload that changes an issuer's config makes a new
+    /// one, whose tokens are verified again).
+    uid: u64,
     keys: ArcSwap<KeySet>,
     ready: AtomicBool,
     /// Unix seconds of the last successful fetch (0 = never).
@@ -121,8 +125,10 @@ struct Schedule {
 
 impl Issuer {
     pub fn new(cfg: IssuerConfig, http: reqwest::Client, metrics: Arc<Metrics>) -> Self {
+        static NEXT_UID: AtomicU64 = AtomicU64::new(1);
         Issuer {
             cfg,
+            uid: NEXT_UID.fetch_add(1, Ordering::Relaxed),
             keys: ArcSwap::from_pointee(KeySet::default()),
             ready: AtomicBool::new(false),
             last_success: AtomicU64::new(0),
@@ -161,6 +167,10 @@ impl Issuer {
 
     pub fn name(&self) -> &str {
         &self.cfg.name
+    }
+
+    pub(crate) fn uid(&self) -> u64 {
+        self.uid
     }
 
     /// True once a key set was loaded; never goes back.

@@ -87,7 +87,8 @@ impl AuthError {
 pub struct Principal {
     /// Index of the issuer in [`Authenticator::issuers`] of the snapshot that verified it.
     pub issuer_index: usize,
-    pub exp: u64,
+    /// [`Issuer::uid`] of that issuer: after a reload the index may name another issuer.
+    issuer_uid: u64,
     /// The issuer's key-set generation this was verified under.
     generation: u64,
     /// `sub`, then `client_id`, then the space-separated scopes.
@@ -147,13 +148,29 @@ impl Principal {
 pub struct Authenticator {
     issuers: Vec<Arc<Issuer>>,
     by_iss: HashMap<String, usize>,
-    cache: ExpiringMap<CachedToken>,
-    ids: Ids,
+    /// Shared with the previous snapshot's authenticator across a reload (see [`Self::new`]).
+    cache: Arc<TokenCache>,
     metrics: Arc<Metrics>,
 }
 
+/// The verified-token cache and the keyed PRF of its ids (the two only make sense together).
+struct TokenCache {
+    map: ExpiringMap<CachedToken>,
+    ids: Ids,
+}
+
 impl Authenticator {
-    pub fn new(issuers: Vec<Arc<Issuer>>, cache_capacity: u64, metrics: Arc<Metrics>) -> Self {
+    /// `previous`: the authenticator of the snapshot being replaced. Its verified-token cache
+    /// is carried over, so a reload does not re-verify every token in flight; an entry counts
+    /// only while the issuer that verified it is still in place unchanged ([`Issuer::uid`]) with
+    /// the same key generation, so tokens of issuers whose config changed are verified again,
+    /// and entries verified with keys a refresh removed still stop counting.
+    pub fn new(
+        issuers: Vec<Arc<Issuer>>,
+        cache_capacity: u64,
+        metrics: Arc<Metrics>,
+        previous: Option<&Authenticator>,
+    ) -> Self {
         let by_iss = issuers
             .iter()
             .enumerate()
@@ -162,16 +179,21 @@ impl Authenticator {
         // Full shards evict the tokens closest to expiry first: an evicted token is verified
         // again on its next use, so eviction costs time, never a different answer (unlike the
         // rate limiter, whose store refuses new keys instead).
-        let cache = ExpiringMap::new(
-            cache_capacity,
-            CACHE_SWEEP_INTERVAL_MS,
-            WhenFull::EvictSoonest,
-        );
+        let cache = match previous {
+            Some(p) => p.cache.clone(),
+            None => Arc::new(TokenCache {
+                map: ExpiringMap::new(
+                    cache_capacity,
+                    CACHE_SWEEP_INTERVAL_MS,
+                    WhenFull::EvictSoonest,
+                ),
+                ids: Ids::new(),
+            }),
+        };
         Authenticator {
             issuers,
             by_iss,
             cache,
-            ids: Ids::new(),
             metrics,
         }
     }
@@ -186,7 +208,7 @@ impl Authenticator {
     }
 
     pub fn cached_tokens(&self) -> u64 {
-        self.cache.len()
+        self.cache.map.len()
     }
 
     /// The configured name of the issuer that verified `p` (`-` if `p` is from another snapshot
@@ -202,13 +224,16 @@ impl Authenticator {
         token: BearerToken<'_>,
         issuer_seen: &mut Option<usize>,
     ) -> Result<Arc<Principal>, AuthError> {
-        let id = self.ids.of(token.0);
+        let id = self.cache.ids.of(token.0);
         let now_ms = jwt::now_millis();
         let now = now_ms / 1000;
-        let hit = self.cache.get_or_remove(id, |c| {
+        let hit = self.cache.map.get_or_remove(id, |c| {
             let p = &c.principal;
             let issuer = self.issuers.get(p.issuer_index)?;
-            (now_ms < c.stale_at_ms && p.generation == issuer.generation()).then(|| p.clone())
+            (now_ms < c.stale_at_ms
+                && p.issuer_uid == issuer.uid()
+                && p.generation == issuer.generation())
+            .then(|| p.clone())
         });
         if let Some(p) = hit {
             self.metrics.token_cache(true);
@@ -276,7 +301,7 @@ impl Authenticator {
         let (text, sub_len, client_id_len) = Principal::pack(&identity);
         let principal = Arc::new(Principal {
             issuer_index: index,
-            exp,
+            issuer_uid: issuer.uid(),
             strip_authorization: issuer.cfg.strip_authorization,
             generation,
             text,
@@ -289,7 +314,7 @@ impl Authenticator {
                 .saturating_add(issuer.cfg.leeway.as_secs())
                 .saturating_add(1)
                 .saturating_mul(1000);
-            self.cache.insert(
+            self.cache.map.insert(
                 id,
                 now_ms,
                 CachedToken {
@@ -318,7 +343,7 @@ mod tests {
         }));
         let p = Principal {
             issuer_index: 0,
-            exp: 0,
+            issuer_uid: 0,
             strip_authorization: false,
             generation: 0,
             text,
