@@ -12,7 +12,7 @@ use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use tracing::{error, info, warn};
 
-use crate::admin::Metrics;
+use crate::metrics::Metrics;
 use crate::state::{SharedState, Snapshot};
 
 pub struct Reloader {

@@ -14,11 +14,13 @@ use pingora::server::{ExecutionPhase, Server};
 use pingora::services::background::background_service;
 use pingora::services::listening::Service;
 
-use crate::admin::{AdminApp, Metrics};
-use crate::auth::refresher::JwksRefresher;
+use crate::admin::AdminApp;
 use crate::config::GatewayConfig;
+use crate::metrics::Metrics;
+use crate::proxy::conn::ConnMetrics;
 use crate::proxy::conn::{ConnApp, ConnLimits};
 use crate::proxy::Gateway;
+use crate::refresher::JwksRefresher;
 use crate::reload::{Reloader, SighupListener};
 use crate::state::{SharedState, Snapshot};
 
@@ -100,7 +102,7 @@ pub fn build_parts(
     opts.h2_idle_timeout = Some(conn_limits.keepalive_timeout);
     app.server_options = Some(opts);
     // Connection caps and head limits sit below pingora's HTTP handling (see proxy::conn).
-    let app = ConnApp::new(app, conn_limits, metrics.conn.clone());
+    let app = ConnApp::new(app, conn_limits, ConnMetrics::new(metrics.registry())?);
     let mut proxy = Service::new("wetrials-gateway".to_string(), app);
     match &tls {
         Some((cert, key)) => {

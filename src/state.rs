@@ -8,12 +8,12 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
-use crate::admin::{Metrics, RouteMetrics};
 use crate::auth::{Authenticator, Issuer};
-use crate::config::GatewayConfig;
+use crate::config::{GatewayConfig, RouteConfig};
+use crate::metrics::{Metrics, RouteMetrics};
 use crate::policy::{Route, RouteTable};
-use crate::proxy::Upstream;
 use crate::ratelimit::{RateLimitError, RateLimiter};
+use crate::upstream::Upstream;
 
 /// Entries of the verified-token cache.
 pub const TOKEN_CACHE_CAPACITY: u64 = 200_000;
@@ -87,7 +87,7 @@ impl Snapshot {
                 .iter()
                 .enumerate()
                 .map(|(i, r)| {
-                    Route::from_config(r, i, index.get(r.upstream.as_str()).copied().unwrap_or(0))
+                    route_from_config(r, i, index.get(r.upstream.as_str()).copied().unwrap_or(0))
                 })
                 .collect(),
         );
@@ -158,4 +158,44 @@ async fn futures_join_all<F: std::future::Future>(futs: impl Iterator<Item = F>)
         }
     })
     .await
+}
+
+/// A route of the table from its validated config: `index` is its position in the file (and
+/// in the per-route metric handles), `upstream` the index of its upstream.
+fn route_from_config(cfg: &RouteConfig, index: usize, upstream: usize) -> Route {
+    let limit_policy = cfg
+        .limit_groups
+        .iter()
+        .flat_map(|g| g.limits.iter())
+        .map(|l| format!("{};w={}", l.requests, l.period.as_secs()))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let limits = cfg
+        .limit_groups
+        .iter()
+        .enumerate()
+        .map(|(i, g)| {
+            let scope = match i {
+                0 => cfg.name.clone(),
+                _ => format!("{}#{i}", cfg.name),
+            };
+            (scope, g.clone())
+        })
+        .collect();
+    Route {
+        index,
+        name: cfg.name.clone(),
+        methods: cfg.methods.clone(),
+        path: cfg.path.clone(),
+        upstream,
+        auth: cfg.auth,
+        scopes: cfg.scopes.clone(),
+        issuers: cfg.issuers.clone(),
+        token_query_param: cfg.token_query_param.clone(),
+        token_cookie: cfg.token_cookie.clone(),
+        limits,
+        limit_policy,
+        allow_encoded_slashes: cfg.allow_encoded_slashes,
+        require_tls: cfg.require_tls,
+    }
 }

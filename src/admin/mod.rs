@@ -5,7 +5,6 @@
 //! set, only its holders (the probes excepted). Its settings follow reloads.
 
 mod guard;
-mod metrics;
 
 use std::sync::Arc;
 
@@ -14,7 +13,7 @@ use http::{Method, Response, StatusCode};
 use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 
-pub use metrics::{Metrics, RouteMetrics};
+use crate::metrics::Metrics;
 
 use crate::reload::Reloader;
 use crate::state::SharedState;

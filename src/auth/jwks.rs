@@ -14,8 +14,8 @@ use parking_lot::Mutex;
 use serde_json::Value;
 use tracing::{info, warn};
 
-use crate::admin::Metrics;
 use crate::config::{IssuerConfig, JwksSource};
+use crate::metrics::Metrics;
 
 /// Largest JWKS or discovery document accepted.
 const MAX_DOCUMENT_BYTES: usize = 1024 * 1024;
@@ -405,7 +405,8 @@ fn b64(s: &str) -> Option<Vec<u8>> {
 
 /// A JWK's `alg`: only the asymmetric algorithms the gateway verifies with.
 fn parse_alg(s: &str) -> Option<Algorithm> {
-    super::jwt::algorithm_named(s)
+    s.parse::<Algorithm>()
+        .ok()
         .filter(|a| !matches!(a, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512))
 }
 

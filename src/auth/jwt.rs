@@ -255,29 +255,13 @@ pub fn parse(token: &str) -> Result<Unverified<'_>, AuthError> {
     })
 }
 
-pub fn algorithm_named(alg: &str) -> Option<Algorithm> {
-    use Algorithm::*;
-    Some(match alg {
-        "RS256" => RS256,
-        "RS384" => RS384,
-        "RS512" => RS512,
-        "PS256" => PS256,
-        "PS384" => PS384,
-        "PS512" => PS512,
-        "ES256" => ES256,
-        "ES384" => ES384,
-        "EdDSA" => EdDSA,
-        "HS256" => HS256,
-        "HS384" => HS384,
-        "HS512" => HS512,
-        _ => return None,
-    })
-}
-
 /// The algorithm to verify with: the header's, only if the issuer allows it.
 pub fn allowed_algorithm(issuer: &Issuer, header: &JoseHeader) -> Result<Algorithm, AuthError> {
-    let alg =
-        algorithm_named(&header.alg).ok_or(AuthError::AlgNotAllowed("algorithm not allowed"))?;
+    let alg = header
+        .alg
+        .parse::<Algorithm>()
+        .ok()
+        .ok_or(AuthError::AlgNotAllowed("algorithm not allowed"))?;
     if !issuer.cfg.algorithms.contains(&alg) {
         return Err(AuthError::AlgNotAllowed("algorithm not allowed"));
     }

@@ -7,7 +7,6 @@
 pub mod bearer;
 pub mod jwks;
 pub mod jwt;
-pub mod refresher;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -15,8 +14,8 @@ use std::sync::Arc;
 pub use bearer::BearerToken;
 pub use jwks::{Issuer, JwksError, KeySet, VerifyKey};
 
-use crate::admin::Metrics;
 use crate::expiring::{Expiring, ExpiringMap, Ids, WhenFull};
+use crate::metrics::Metrics;
 
 /// Expired cached tokens are dropped within this time (or when their shard is full, or when hit).
 const CACHE_SWEEP_INTERVAL_MS: u64 = 10_000;

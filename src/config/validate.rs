@@ -11,6 +11,7 @@ use jsonwebtoken::Algorithm;
 
 use super::file::*;
 use super::{AdminToken, Authority, ConfigError, Problem};
+pub use crate::policy::AuthMode;
 use crate::policy::{KeySource, LimitGroup, PathTemplate, RequiredScopes};
 use crate::ratelimit::{Backend, LimitSpec, OnBackendError, RateLimiterConfig};
 
@@ -123,12 +124,6 @@ pub struct UpstreamConfig {
     pub read_timeout: Duration,
     pub write_timeout: Duration,
     pub idle_timeout: Duration,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AuthMode {
-    Jwt,
-    None,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -518,7 +513,7 @@ fn parse_algorithm(s: &str) -> Result<Algorithm, String> {
         s if s.starts_with("HS") => Err(format!(
             "{s:?}: HMAC algorithms are not allowed with public keys"
         )),
-        s => crate::auth::jwt::algorithm_named(s).ok_or_else(|| {
+        s => s.parse::<Algorithm>().ok().ok_or_else(|| {
             format!("{s:?} is not a supported algorithm (RS*, PS*, ES256, ES384, EdDSA)")
         }),
     }

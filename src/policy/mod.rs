@@ -9,5 +9,5 @@ mod scopes;
 
 pub use keys::{KeySource, LimitGroup};
 pub use path::{has_encoded_separator, normalize_path, PathError};
-pub use routes::{PathTemplate, Route, RouteTable};
+pub use routes::{AuthMode, PathTemplate, Route, RouteTable};
 pub use scopes::{MissingScopes, RequiredScopes};

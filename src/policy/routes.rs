@@ -6,7 +6,6 @@ use std::sync::Arc;
 use http::Method;
 
 use super::{LimitGroup, RequiredScopes};
-use crate::config::{AuthMode, RouteConfig};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Segment {
@@ -94,7 +93,14 @@ impl PathTemplate {
     }
 }
 
-/// A route as the request path uses it.
+/// Who may use a route: a verified bearer token (`jwt`, the default) or anyone (`none`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthMode {
+    Jwt,
+    None,
+}
+
+/// A route as the request path uses it (built from the config by `state`).
 #[derive(Debug)]
 pub struct Route {
     /// Position in the file (and in the snapshot's per-route metric handles).
@@ -122,44 +128,6 @@ pub struct Route {
 }
 
 impl Route {
-    pub fn from_config(cfg: &RouteConfig, index: usize, upstream: usize) -> Self {
-        let limit_policy = cfg
-            .limit_groups
-            .iter()
-            .flat_map(|g| g.limits.iter())
-            .map(|l| format!("{};w={}", l.requests, l.period.as_secs()))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let limits = cfg
-            .limit_groups
-            .iter()
-            .enumerate()
-            .map(|(i, g)| {
-                let scope = match i {
-                    0 => cfg.name.clone(),
-                    _ => format!("{}#{i}", cfg.name),
-                };
-                (scope, g.clone())
-            })
-            .collect();
-        Route {
-            index,
-            name: cfg.name.clone(),
-            methods: cfg.methods.clone(),
-            path: cfg.path.clone(),
-            upstream,
-            auth: cfg.auth,
-            scopes: cfg.scopes.clone(),
-            issuers: cfg.issuers.clone(),
-            token_query_param: cfg.token_query_param.clone(),
-            token_cookie: cfg.token_cookie.clone(),
-            limits,
-            limit_policy,
-            allow_encoded_slashes: cfg.allow_encoded_slashes,
-            require_tls: cfg.require_tls,
-        }
-    }
-
     fn allows(&self, method: &Method) -> bool {
         self.methods.as_ref().is_none_or(|ms| ms.contains(method))
     }

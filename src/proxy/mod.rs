@@ -5,7 +5,6 @@
 mod clientkey;
 pub mod conn;
 mod reject;
-mod upstream;
 
 use std::borrow::Cow;
 use std::fmt::Write as _;
@@ -24,11 +23,10 @@ use tracing::{info, warn};
 
 pub use clientkey::client_ip;
 pub use reject::{json_error, Reject, REALM};
-pub use upstream::Upstream;
 
-use crate::admin::Metrics;
 use crate::auth::{bearer, AuthError, Principal};
 use crate::config::{AuthMode, UnderscoreHeaders};
+use crate::metrics::Metrics;
 use crate::policy::{has_encoded_separator, normalize_path, KeySource, Route};
 use crate::ratelimit::Decision;
 use crate::state::{SharedState, Snapshot};

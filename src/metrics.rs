@@ -7,7 +7,6 @@ use prometheus::{
     Registry, TextEncoder,
 };
 
-use crate::proxy::conn::ConnMetrics;
 use crate::ratelimit::RateLimitMetrics;
 
 pub struct Metrics {
@@ -35,8 +34,6 @@ pub struct Metrics {
     /// `gateway_rejections_total{route, reason}`: requests the gateway answered itself, by
     /// the bounded reason of the access log (`bad_target`, `encoded_slash`, `tls_required`, …).
     pub rejections: IntCounterVec,
-    /// Downstream connections: open, refused, refused heads (`proxy::conn`).
-    pub conn: ConnMetrics,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -175,7 +172,6 @@ impl Metrics {
         )?;
         reg(Box::new(rejections.clone()))?;
         let ratelimit = std::sync::Arc::new(RateLimitMetrics::new(&registry)?);
-        let conn = ConnMetrics::new(&registry)?;
         Ok(Metrics {
             registry,
             requests,
@@ -198,7 +194,6 @@ impl Metrics {
             ratelimit,
             in_flight,
             rejections,
-            conn,
         })
     }
 
