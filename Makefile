@@ -44,7 +44,8 @@ bench: deps
 
 # Fuzz the parsers an attacker feeds (tests/fuzz, README "Fuzzing"); not part of `make test`.
 # Stable toolchain: cargo-fuzz without a sanitizer, debug assertions on. FUZZ_SECS per target
-# (6 targets: ~5 min with the default, after a first build of ~5 min). New inputs go to
+# (6 targets: ~5 min with the default; the first build compiles every dependency with
+# coverage instrumentation: 10-40 min on 2 cores, then seconds). New inputs go to
 # tests/fuzz/target/corpus (ignored); the seed corpus tests/fuzz/corpus is only read. A
 # finding stops the run and is saved in tests/fuzz/artifacts/<target>/.
 FUZZ_SECS ?= 45
