@@ -26,3 +26,36 @@ pub mod server;
 pub mod state;
 pub mod telemetry;
 pub mod upstream;
+
+/// For the fuzz targets in `tests/fuzz` only (`make fuzz`): thin re-exports of the parsers an
+/// attacker feeds, including the private ones. Not an API; nothing else may use it.
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use crate::auth::bearer::{check_chars, from_authorization};
+    pub use crate::auth::jwt::parse as parse_jws;
+    pub use crate::config::from_str_with as config_from_str_with;
+    pub use crate::policy::{has_encoded_separator, normalize_path, RouteTable};
+    pub use crate::proxy::clientkey::{
+        basic_client_id, body_client, client_ip, forwarded_https, is_basic, query_client_id,
+    };
+
+    /// The request-target check of `proxy` (RFC 9112 §3.2): the absolute-form authority,
+    /// `None` for origin-form, `Err` for a 400.
+    pub fn target_form(
+        req: &pingora::http::RequestHeader,
+    ) -> Result<Option<String>, crate::proxy::Reject> {
+        crate::proxy::target_form(req)
+    }
+
+    /// The route table the gateway builds from a config (as `state` does; upstream indexes
+    /// are irrelevant to matching).
+    pub fn route_table(cfg: &crate::config::GatewayConfig) -> RouteTable {
+        RouteTable::new(
+            cfg.routes
+                .iter()
+                .enumerate()
+                .map(|(i, r)| crate::state::route_from_config(r, i, 0))
+                .collect(),
+        )
+    }
+}

@@ -162,7 +162,7 @@ async fn futures_join_all<F: std::future::Future>(futs: impl Iterator<Item = F>)
 
 /// A route of the table from its validated config: `index` is its position in the file (and
 /// in the per-route metric handles), `upstream` the index of its upstream.
-fn route_from_config(cfg: &RouteConfig, index: usize, upstream: usize) -> Route {
+pub(crate) fn route_from_config(cfg: &RouteConfig, index: usize, upstream: usize) -> Route {
     let limit_policy = cfg
         .limit_groups
         .iter()

@@ -93,8 +93,16 @@ pub fn from_str_with(
         Ok(f) => f,
         Err(e) => {
             let e: toml::de::Error = e;
+            // Reached only beside unknown keys (else the typed parse above stopped first);
+            // the key path is only in the error's text: "in `server.listen`".
+            let text = e.to_string();
+            let location = text
+                .lines()
+                .find_map(|l| l.strip_prefix("in `")?.strip_suffix('`'))
+                .unwrap_or("(top level)")
+                .to_string();
             problems.push(Problem {
-                location: String::new(),
+                location,
                 message: format!("config error: {}", e.message()),
             });
             return Err(ConfigError::Invalid(problems));
@@ -226,6 +234,26 @@ mod tests {
             "{all}"
         );
         assert!(all.contains("unknown upstream \"nope\""), "{all}");
+    }
+
+    #[test]
+    fn type_error_beside_an_unknown_key_names_its_location() {
+        // Found by the `config` fuzz target: this problem had an empty location.
+        let err = from_str_with("[server]\nlisten = 8080\nbogus = 1\n", &env, Path::new("."))
+            .unwrap_err();
+        let ConfigError::Invalid(problems) = &err else {
+            panic!("{err}")
+        };
+        assert!(
+            problems.iter().all(|p| !p.location.is_empty()),
+            "{problems:?}"
+        );
+        let all = err.problems().join("\n");
+        assert!(all.contains("server.bogus: unknown key"), "{all}");
+        assert!(
+            all.contains("server.listen: config error: invalid type"),
+            "{all}"
+        );
     }
 
     #[test]

@@ -168,7 +168,7 @@ pub struct BodyClient {
 }
 
 /// `client_id` and `client_secret` of a form-encoded or JSON body. `Err` for a JSON body
-/// that does not parse, or a parameter given twice (a JSON object with a repeated key
+/// that does not parse or is not UTF-8, or a parameter given twice (a JSON object with a repeated key
 /// included: parsers disagree on which one wins).
 pub fn body_client(content_type: &str, body: &[u8]) -> Result<BodyClient, &'static str> {
     let mime = mime(content_type);
@@ -192,7 +192,11 @@ pub fn body_client(content_type: &str, body: &[u8]) -> Result<BodyClient, &'stat
         if body.iter().all(|b| b.is_ascii_whitespace()) {
             return Ok(BodyClient::default());
         }
-        let parsed: JsonClient = serde_json::from_slice(body).map_err(|e| {
+        // JSON is UTF-8 (RFC 8259 §8.1). serde_json skips the members we do not read without
+        // checking their bytes, so a body the authorization server refuses (or reads with
+        // replacement characters) would still give us a client_id: check it whole first.
+        let body = std::str::from_utf8(body).map_err(|_| "JSON body is not valid UTF-8")?;
+        let parsed: JsonClient = serde_json::from_str(body).map_err(|e| {
             if e.is_data() && e.to_string().contains(DUPLICATE) {
                 "a client parameter is given more than once in the JSON body"
             } else if e.is_data() {
@@ -417,6 +421,28 @@ mod tests {
         assert_eq!(
             query_client_id(Some("x=1&client_id=a")).unwrap().as_deref(),
             Some("a")
+        );
+    }
+
+    #[test]
+    fn body_client_refuses_json_that_is_not_utf8() {
+        // Found by the `client_id` fuzz target: a byte that is not UTF-8 in a member we skip
+        // made the body unreadable for serde_json's Value and Python's json.loads, while
+        // the gateway read (and counted) `victim`.
+        let body = b"{\"grant_type\":\"client_crede\xe5tials\",\"client_id\":\"victim\"}";
+        assert!(serde_json::from_slice::<serde_json::Value>(body).is_err());
+        assert_eq!(
+            body_id("application/json", body),
+            Err("JSON body is not valid UTF-8")
+        );
+        assert_eq!(
+            body_id(
+                "application/json",
+                "{\"x\":\"\u{e5}\",\"client_id\":\"v\"}".as_bytes()
+            )
+            .unwrap()
+            .as_deref(),
+            Some("v")
         );
     }
 

@@ -2,7 +2,7 @@
 //! order in `request_filter` — route -> authenticate -> scopes -> rate limit — and is either
 //! answered there (a `Reject`) or forwarded to its route's upstream with identity headers.
 
-mod clientkey;
+pub(crate) mod clientkey;
 pub mod conn;
 mod reject;
 
@@ -562,7 +562,7 @@ fn check_message(req: &RequestHeader, underscores: UnderscoreHeaders) -> Result<
 /// whose authority is returned (its path is what is routed and sent upstream). Anything
 /// else (`x:/a`, `a/b`, `./a`, `*`, a target pingora could not classify and left empty, one
 /// that is not valid UTF-8) is refused: pingora would route `/` and forward the raw bytes.
-fn target_form(req: &RequestHeader) -> Result<Option<String>, Reject> {
+pub(crate) fn target_form(req: &RequestHeader) -> Result<Option<String>, Reject> {
     const BAD: Reject = Reject::BadTarget(
         "request target must be an absolute path (origin-form) or an http(s) URL",
     );
