@@ -11,6 +11,8 @@
 //! beside it: `admin` (metrics, health, reload endpoint), `state` (the swappable snapshot),
 //! `reload` (SIGHUP), `server` (assembly), `telemetry` (logs), `demo` (local issuer + echo).
 
+#![forbid(unsafe_code)]
+
 pub mod admin;
 pub mod auth;
 pub mod config;

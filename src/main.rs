@@ -1,5 +1,7 @@
 //! The `wetrials-gateway` binary: serve a config, `check` one, or run the `demo`.
 
+#![forbid(unsafe_code)]
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 

@@ -5,6 +5,8 @@
 //!
 //! `bare-pingora --listen 127.0.0.1:8081 --upstream 127.0.0.1:9000 [--threads 1]`
 
+#![forbid(unsafe_code)]
+
 use async_trait::async_trait;
 use pingora::prelude::*;
 use pingora::proxy::{ProxyHttp, Session};
