@@ -603,10 +603,14 @@ impl TestGateway {
                 return Err(format!("[port in use]\n{log}"));
             }
             let ok = match wait {
-                Wait::Ready => matches!(
-                    probe.get(self.admin_url("/readyz")).send().await,
-                    Ok(r) if r.status() == 200
-                ),
+                // /readyz can open a moment before the data listener accepts (they are two
+                // pingora services): wait for both, or a first request may be refused.
+                Wait::Ready => {
+                    matches!(
+                        probe.get(self.admin_url("/readyz")).send().await,
+                        Ok(r) if r.status() == 200
+                    ) && tokio::net::TcpStream::connect(self.addr).await.is_ok()
+                }
                 Wait::Listening => {
                     matches!(probe.get(self.admin_url("/healthz")).send().await, Ok(r) if r.status() == 200)
                         && tokio::net::TcpStream::connect(self.addr).await.is_ok()
