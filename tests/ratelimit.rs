@@ -837,23 +837,17 @@ async fn client_id_from_basic_form_and_json_is_one_key_and_body_reaches_upstream
     assert_eq!(r.status, 429, "JSON body client_id app-a: {}", r.describe());
     // Basic beside a body naming another client is refused (RFC 6749 §2.3: the server could
     // read either); naming the same client in both is one client.
-    let body = json!({"client_id": "app-a", "grant_type": "client_credentials"}).to_string();
-    let r = send(
+    let basic_b_with = |body: &str| {
         post()
             .basic_auth("app-b", Some("pw"))
             .header("content-type", "application/json")
-            .body(body.clone()),
-    )
-    .await;
+            .body(body.to_string())
+    };
+    let body = json!({"client_id": "app-a", "grant_type": "client_credentials"}).to_string();
+    let r = send(basic_b_with(&body)).await;
     assert_json_error(&r, 400, "invalid_request");
     let body = json!({"client_id": "app-b", "grant_type": "client_credentials"}).to_string();
-    let r = send(
-        post()
-            .basic_auth("app-b", Some("pw"))
-            .header("content-type", "application/json")
-            .body(body.clone()),
-    )
-    .await;
+    let r = send(basic_b_with(&body)).await;
     assert_rate_headers(&r, 2, 1, 60, "2;w=60");
     assert_body_forwarded(&r, body.as_bytes());
     // A JSON body (`+json` media type, escapes, non-ASCII) is keyed and forwarded as is.
