@@ -6,7 +6,11 @@
 //! 1. `policy` — which route? (path normalisation, route table, required scopes, limit keys);
 //! 2. `auth` — who is calling? (bearer token, JWT checks, JWKS cache, verified-token cache);
 //! 3. `ratelimit` — may they, right now? (exact sliding window, memory or Redis);
-//! 4. `proxy` — the pingora seam that runs the gates and forwards (`Gateway`, `Reject`);
+//! 4. `decide` — the decision core: runs those gates in order over a plain request view and
+//!    the snapshot, returning `Ok` (forward, with what was found) or a `Reject`, and the steps
+//!    it took when asked; it knows nothing of pingora;
+//! 5. `proxy` — the pingora seam: a thin adapter that builds the core's view of each request,
+//!    applies its verdict and forwards (`Gateway`).
 //!
 //! beside it: `admin` (metrics, health, reload endpoint), `state` (the swappable snapshot),
 //! `reload` (SIGHUP), `server` (assembly), `telemetry` (logs), `demo` (local issuer + echo).
@@ -16,9 +20,11 @@
 pub mod admin;
 pub mod auth;
 pub mod config;
+pub mod decide;
 pub mod demo;
 mod expiring;
 pub mod metrics;
+pub mod mint;
 pub mod policy;
 pub mod proxy;
 pub mod ratelimit;
@@ -36,17 +42,17 @@ pub mod fuzzing {
     pub use crate::auth::bearer::{check_chars, from_authorization};
     pub use crate::auth::jwt::parse as parse_jws;
     pub use crate::config::from_str_with as config_from_str_with;
-    pub use crate::policy::{has_encoded_separator, normalize_path, RouteTable};
-    pub use crate::proxy::clientkey::{
+    pub use crate::decide::clientkey::{
         basic_client_id, body_client, client_ip, forwarded_https, is_basic, query_client_id,
     };
+    pub use crate::policy::{has_encoded_separator, normalize_path, RouteTable};
 
     /// The request-target check of `proxy` (RFC 9112 §3.2): the absolute-form authority,
     /// `None` for origin-form, `Err` for a 400.
     pub fn target_form(
         req: &pingora::http::RequestHeader,
-    ) -> Result<Option<String>, crate::proxy::Reject> {
-        crate::proxy::target_form(req)
+    ) -> Result<Option<String>, crate::decide::Reject> {
+        crate::decide::target_form(&crate::proxy::view_of(req, None, false))
     }
 
     /// The route table the gateway builds from a config (as `state` does; upstream indexes

@@ -7,11 +7,6 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use aws_lc_rs::rand::SystemRandom;
-use aws_lc_rs::signature::{
-    EcdsaKeyPair, Ed25519KeyPair, KeyPair, ECDSA_P256_SHA256_FIXED_SIGNING,
-};
-use base64::Engine;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::{Request, Response};
@@ -19,113 +14,7 @@ use parking_lot::Mutex;
 use serde_json::{json, Value};
 
 use super::serve;
-
-/// Signing algorithm of a local key.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum KeyAlg {
-    RS256,
-    PS256,
-    ES256,
-    EdDSA,
-}
-
-enum Material {
-    Rsa(aws_lc_rs::rsa::KeyPair),
-    Ec(EcdsaKeyPair),
-    Ed(Ed25519KeyPair),
-}
-
-struct SigningKey {
-    kid: String,
-    alg: KeyAlg,
-    material: Material,
-    jwk: Value,
-}
-
-fn b64(bytes: &[u8]) -> String {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
-}
-
-impl SigningKey {
-    fn generate(kid: &str, alg: KeyAlg) -> Result<Self, String> {
-        let err = |e: aws_lc_rs::error::Unspecified| format!("key generation failed: {e}");
-        let (material, jwk) = match alg {
-            KeyAlg::RS256 | KeyAlg::PS256 => {
-                let kp = aws_lc_rs::rsa::KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048)
-                    .map_err(err)?;
-                let pk = kp.public_key();
-                let n = pk.modulus();
-                let e = pk.exponent();
-                let jwk = json!({
-                    "kty": "RSA", "use": "sig", "kid": kid,
-                    "alg": if alg == KeyAlg::RS256 { "RS256" } else { "PS256" },
-                    "n": b64(n.big_endian_without_leading_zero()),
-                    "e": b64(e.big_endian_without_leading_zero()),
-                });
-                (Material::Rsa(kp), jwk)
-            }
-            KeyAlg::ES256 => {
-                let kp = EcdsaKeyPair::generate(&ECDSA_P256_SHA256_FIXED_SIGNING).map_err(err)?;
-                let point = kp.public_key().as_ref().to_vec();
-                if point.len() != 65 {
-                    return Err("unexpected EC point encoding".into());
-                }
-                let jwk = json!({
-                    "kty": "EC", "use": "sig", "kid": kid, "alg": "ES256", "crv": "P-256",
-                    "x": b64(&point[1..33]), "y": b64(&point[33..65]),
-                });
-                (Material::Ec(kp), jwk)
-            }
-            KeyAlg::EdDSA => {
-                let kp = Ed25519KeyPair::generate().map_err(err)?;
-                let jwk = json!({
-                    "kty": "OKP", "use": "sig", "kid": kid, "alg": "EdDSA", "crv": "Ed25519",
-                    "x": b64(kp.public_key().as_ref()),
-                });
-                (Material::Ed(kp), jwk)
-            }
-        };
-        Ok(SigningKey {
-            kid: kid.to_string(),
-            alg,
-            material,
-            jwk,
-        })
-    }
-
-    fn alg_name(&self) -> &'static str {
-        match self.alg {
-            KeyAlg::RS256 => "RS256",
-            KeyAlg::PS256 => "PS256",
-            KeyAlg::ES256 => "ES256",
-            KeyAlg::EdDSA => "EdDSA",
-        }
-    }
-
-    fn sign(&self, msg: &[u8]) -> Result<Vec<u8>, String> {
-        let rng = SystemRandom::new();
-        match &self.material {
-            Material::Rsa(kp) => {
-                let mut sig = vec![0u8; kp.public_modulus_len()];
-                let pad: &'static dyn aws_lc_rs::signature::RsaEncoding =
-                    if self.alg == KeyAlg::PS256 {
-                        &aws_lc_rs::signature::RSA_PSS_SHA256
-                    } else {
-                        &aws_lc_rs::signature::RSA_PKCS1_SHA256
-                    };
-                kp.sign(pad, &rng, msg, &mut sig)
-                    .map_err(|e| e.to_string())?;
-                Ok(sig)
-            }
-            Material::Ec(kp) => Ok(kp
-                .sign(&rng, msg)
-                .map_err(|e| e.to_string())?
-                .as_ref()
-                .to_vec()),
-            Material::Ed(kp) => Ok(kp.sign(msg).as_ref().to_vec()),
-        }
-    }
-}
+use crate::mint::{KeyAlg, SigningKey};
 
 struct Shared {
     keys: Mutex<Vec<SigningKey>>,
@@ -197,7 +86,7 @@ impl LocalIssuer {
 
     /// The JWKS document as served.
     pub fn jwks(&self) -> Value {
-        json!({"keys": self.shared.keys.lock().iter().map(|k| k.jwk.clone()).collect::<Vec<_>>()})
+        json!({"keys": self.shared.keys.lock().iter().map(|k| k.jwk().clone()).collect::<Vec<_>>()})
     }
 
     /// JWKS requests served so far.
@@ -229,7 +118,7 @@ impl LocalIssuer {
 
     /// Stop publishing a key.
     pub fn remove_key(&self, kid: &str) {
-        self.shared.keys.lock().retain(|k| k.kid != kid);
+        self.shared.keys.lock().retain(|k| k.kid() != kid);
     }
 
     /// Standard claims for this issuer: `sub`, `scope`, `client_id`, expiring in `ttl` seconds.
@@ -253,7 +142,7 @@ impl LocalIssuer {
             .keys
             .lock()
             .first()
-            .map(|k| k.kid.clone())
+            .map(|k| k.kid().to_string())
             .unwrap_or_default();
         self.mint_with(&kid, json!({}), claims)
     }
@@ -262,27 +151,9 @@ impl LocalIssuer {
     /// removes an entry, e.g. `{"kid": null}` for a token without kid).
     pub fn mint_with(&self, kid: &str, header: Value, claims: &Value) -> String {
         let keys = self.shared.keys.lock();
-        let Some(key) = keys.iter().find(|k| k.kid == kid) else {
-            return String::from("no-such-key");
-        };
-        let mut h = json!({"alg": key.alg_name(), "typ": "JWT", "kid": key.kid});
-        if let (Some(hm), Some(extra)) = (h.as_object_mut(), header.as_object()) {
-            for (k, v) in extra {
-                if v.is_null() {
-                    hm.remove(k);
-                } else {
-                    hm.insert(k.clone(), v.clone());
-                }
-            }
-        }
-        let signing_input = format!(
-            "{}.{}",
-            b64(h.to_string().as_bytes()),
-            b64(claims.to_string().as_bytes())
-        );
-        match key.sign(signing_input.as_bytes()) {
-            Ok(sig) => format!("{signing_input}.{}", b64(&sig)),
-            Err(_) => String::from("signing-failed"),
+        match keys.iter().find(|k| k.kid() == kid) {
+            Some(key) => key.mint(header, claims),
+            None => String::from("no-such-key"),
         }
     }
 }
@@ -310,7 +181,7 @@ async fn handle(shared: Arc<Shared>, req: Request<hyper::body::Incoming>) -> Res
             if shared.garbage.load(Ordering::SeqCst) {
                 return super::respond(200, "text/html", "<html>maintenance</html>".into(), None);
             }
-            let body = json!({"keys": shared.keys.lock().iter().map(|k| k.jwk.clone()).collect::<Vec<_>>()});
+            let body = json!({"keys": shared.keys.lock().iter().map(|k| k.jwk().clone()).collect::<Vec<_>>()});
             let cc = shared
                 .max_age
                 .lock()

@@ -16,8 +16,9 @@ use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 
+pub use crate::mint::{KeyAlg, SigningKey};
 pub use echo::EchoUpstream;
-pub use issuer::{now, KeyAlg, LocalIssuer};
+pub use issuer::{now, LocalIssuer};
 
 /// Serve HTTP/1.1 on a listener with a handler, in the background of the current runtime.
 pub(crate) fn serve<F, Fut>(listener: tokio::net::TcpListener, handler: F)

@@ -47,6 +47,18 @@ impl RequiredScopes {
     }
 }
 
+/// `read:studies write:studies` (all required), `one of: a b` (any), both with `; `, or `none`.
+impl std::fmt::Display for RequiredScopes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (self.all.is_empty(), self.any.is_empty()) {
+            (true, true) => f.write_str("none"),
+            (false, true) => f.write_str(&self.all.join(" ")),
+            (true, false) => write!(f, "one of: {}", self.any.join(" ")),
+            (false, false) => write!(f, "{}; one of: {}", self.all.join(" "), self.any.join(" ")),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -40,7 +40,7 @@ use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::{timeout_at, Instant};
 
-use super::reject::raw_error_response;
+use super::answer::raw_error_response;
 use crate::config::ServerSettings;
 
 /// HTTP/2 connection preface (RFC 9113 §3.4), to recognise h2c prior knowledge.

@@ -1,33 +1,29 @@
-//! The pingora seam: `Gateway` implements `ProxyHttp`. Each request runs the gates in a fixed
-//! order in `request_filter` — route -> authenticate -> scopes -> rate limit — and is either
-//! answered there (a `Reject`) or forwarded to its route's upstream with identity headers.
+//! The pingora seam: `Gateway` implements `ProxyHttp` as a thin adapter around the decision
+//! core (`decide`). `request_filter` builds the core's view of the request, calls
+//! [`decide::decide`] and either answers there (a `Reject`) or keeps the `Admission`, which
+//! the later phases apply: the upstream request gets the routed path, identity headers and
+//! forwarding headers; every answer gets the request id and the rate headers.
 
-pub(crate) mod clientkey;
+mod answer;
 pub mod conn;
-mod reject;
 
-use std::borrow::Cow;
 use std::fmt::Write as _;
-use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use http::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, COOKIE};
+use http::header::AUTHORIZATION;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{ErrorSource, ErrorType};
-use tracing::{info, warn};
+use tracing::info;
 
-pub use clientkey::client_ip;
-pub use reject::{json_error, Reject, REALM};
-
-use crate::auth::{bearer, AuthError, Principal};
-use crate::config::{AuthMode, UnderscoreHeaders};
+use crate::config::UnderscoreHeaders;
+use crate::decide::{self, json_error, Admission, Reject, RequestView};
 use crate::metrics::Metrics;
-use crate::policy::{has_encoded_separator, normalize_path, KeySource, Route};
+use crate::policy::Route;
 use crate::ratelimit::Decision;
 use crate::state::{SharedState, Snapshot};
 
@@ -59,24 +55,12 @@ pub enum Outcome {
     UpstreamFailed,
 }
 
-/// Decisions carried between phases.
+/// What one request carries between phases: the decision and the proxying state.
 pub struct RequestCtx {
     snap: Arc<Snapshot>,
     start: Instant,
     request_id: String,
-    route: Option<Arc<Route>>,
-    principal: Option<Arc<Principal>>,
-    /// The path sent upstream, when it differs from the request target's bytes (normalised,
-    /// or the path of an absolute-form target).
-    rewritten_path: Option<String>,
-    /// The authority of an absolute-form target: the upstream's `Host` (RFC 9112 §3.2.2).
-    target_authority: Option<String>,
-    /// Arrived over TLS: on our listener, or per `X-Forwarded-Proto` from a trusted proxy.
-    https: bool,
-    client_ip: Option<IpAddr>,
-    client_id: Option<String>,
-    rate: Option<Decision>,
-    auth_result: &'static str,
+    adm: Admission,
     outcome: Outcome,
     peer_start: usize,
     attempt: usize,
@@ -101,323 +85,32 @@ fn method_label(m: &http::Method) -> &'static str {
     }
 }
 
-fn ceil_secs(d: Duration) -> u64 {
-    d.as_secs() + u64::from(d.subsec_nanos() > 0)
+/// The decision core's view of a pingora request, and its body on demand.
+struct PingoraRequest<'s> {
+    session: &'s mut Session,
+    tls: bool,
 }
 
-impl Gateway {
-    /// Gates in order; `Ok` = forward, `Err` = answer with the rejection.
-    async fn admit(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<(), Reject> {
-        let snap = ctx.snap.clone();
-        let req = session.req_header();
-        // 0. will the upstream read this request as we do?
-        check_message(req, snap.config.server.headers_with_underscores)?;
-        let absolute = target_form(req)?;
-        // 1. which route?
-        let raw_path = req.uri.path();
-        let path = normalize_path(raw_path).map_err(|e| Reject::BadPath(e.describe()))?;
-        let route = snap.routes.find(&req.method, &path).cloned();
-        ctx.route = route.clone();
-        // Checked after matching so an opted-in route keeps them; refused when no route
-        // matches too (400 before 404), so no spelling of a path probes the table.
-        if matches!(path, Cow::Owned(_))
-            && has_encoded_separator(&path)
-            && !route.as_ref().is_some_and(|r| r.allow_encoded_slashes)
-        {
-            return Err(Reject::EncodedSlash);
-        }
-        let route = route.ok_or(Reject::NoRoute)?;
-        // The upstream gets exactly the path that was routed: rewritten when normalising
-        // changed it, and always for absolute-form (sent on in origin-form, RFC 9112 §3.2.2).
-        if let Cow::Owned(p) = path {
-            ctx.rewritten_path = Some(p);
-        } else if absolute.is_some() {
-            ctx.rewritten_path = Some(raw_path.to_string());
-        }
-        ctx.target_authority = absolute;
-        ctx.route = Some(route.clone());
-        if !ctx.https && route.require_tls.unwrap_or(snap.config.server.require_tls) {
-            return Err(Reject::TlsRequired {
-                status: snap.config.server.require_tls_status,
-            });
-        }
-
-        // 2. who is calling?
-        if route.auth == AuthMode::Jwt {
-            let mut seen = None;
-            let principal = match self.authenticate(session, &snap, &route, &mut seen).await {
-                Ok(p) => p,
-                Err(e) => {
-                    let issuer = seen
-                        .and_then(|i| snap.auth.issuers().get(i))
-                        .map(|i| i.name())
-                        .unwrap_or("_unknown");
-                    self.metrics.auth(issuer, e.reason());
-                    ctx.auth_result = e.reason();
-                    return Err(Reject::Auth(e));
-                }
-            };
-            // 2b. may it use this route?
-            if let Err(missing) = route.scopes.check(principal.scopes()) {
-                self.metrics
-                    .auth(snap.auth.issuer_name(&principal), "insufficient_scope");
-                ctx.auth_result = "insufficient_scope";
-                ctx.principal = Some(principal);
-                return Err(Reject::Scope(missing));
-            }
-            if let Some(ok) = snap.auth_ok.get(principal.issuer_index) {
-                ok.inc();
-            }
-            ctx.auth_result = "ok";
-            ctx.principal = Some(principal);
-        } else {
-            ctx.auth_result = "public";
-        }
-
-        // 3. may they, right now? Each key's limits are decided together; groups in file
-        // order, so a refusal by a later group leaves the earlier groups' slots used.
-        for (scope, group) in &route.limits {
-            let key = self.limit_key(session, ctx, &route, &group.key).await?;
-            match snap.limiter.check(scope, &group.limits, &key).await {
-                Ok(decision) => {
-                    let allowed = decision.allowed;
-                    if let Some(d) = &snap.route_metrics[route.index].decisions {
-                        if allowed {
-                            d.allowed.inc();
-                        } else {
-                            d.limited.inc();
-                        }
-                    }
-                    let retry = decision.retry_after.map(ceil_secs).unwrap_or(1).max(1);
-                    // The headers show the group with the fewest requests left.
-                    if ctx
-                        .rate
-                        .as_ref()
-                        .is_none_or(|r| decision.remaining <= r.remaining)
-                    {
-                        ctx.rate = Some(decision);
-                    }
-                    if !allowed {
-                        return Err(Reject::RateLimited {
-                            retry_after_secs: retry,
-                        });
-                    }
-                }
-                Err(e) => {
-                    if let Some(d) = &snap.route_metrics[route.index].decisions {
-                        d.error.inc();
-                    }
-                    warn!(route = %route.name, error = %e, "rate limiter unavailable; failing closed");
-                    return Err(Reject::LimiterUnavailable);
-                }
-            }
-        }
-        Ok(())
+#[async_trait]
+impl decide::Request for PingoraRequest<'_> {
+    fn view(&self) -> RequestView<'_> {
+        view_of(
+            self.session.req_header(),
+            self.session
+                .client_addr()
+                .and_then(|a| a.as_inet())
+                .map(|a| a.ip()),
+            self.tls,
+        )
     }
 
-    async fn authenticate(
-        &self,
-        session: &Session,
-        snap: &Snapshot,
-        route: &Route,
-        seen: &mut Option<usize>,
-    ) -> Result<Arc<Principal>, AuthError> {
-        let req = session.req_header();
-        let max = snap.config.server.max_token_bytes;
-        let token = match bearer::from_authorization(
-            req.headers
-                .get_all(AUTHORIZATION)
-                .iter()
-                .map(|v| v.as_bytes()),
-            max,
-        ) {
-            Err(AuthError::MissingToken) => {
-                // Only routes that opt in look elsewhere.
-                let from_query = route
-                    .token_query_param
-                    .as_deref()
-                    .and_then(|name| clientkey::query_param(req.uri.query(), name));
-                let from_cookie = route.token_cookie.as_deref().and_then(|name| {
-                    clientkey::cookie(
-                        req.headers.get_all(COOKIE).iter().map(|v| v.as_bytes()),
-                        name,
-                    )
-                });
-                match from_query.or(from_cookie) {
-                    Some(t) => {
-                        let t = bearer::from_value(&t, max)?;
-                        return self.authenticate_token(snap, route, t.0, seen).await;
-                    }
-                    None => return Err(AuthError::MissingToken),
-                }
-            }
-            other => other?,
-        };
-        self.authenticate_token(snap, route, token.0, seen).await
-    }
-
-    async fn authenticate_token(
-        &self,
-        snap: &Snapshot,
-        route: &Route,
-        token: &str,
-        seen: &mut Option<usize>,
-    ) -> Result<Arc<Principal>, AuthError> {
-        let p = snap
-            .auth
-            .authenticate(bearer::BearerToken(token), seen)
-            .await?;
-        if let Some(allowed) = &route.issuers {
-            let name = snap.auth.issuer_name(&p);
-            if !allowed.iter().any(|n| **n == *name) {
-                return Err(AuthError::IssuerNotAllowed);
-            }
-        }
-        Ok(p)
-    }
-
-    /// The limiter key: first source that yields a value; `anonymous` when none does.
-    async fn limit_key(
-        &self,
-        session: &mut Session,
-        ctx: &mut RequestCtx,
-        route: &Route,
-        sources: &[KeySource],
-    ) -> Result<String, Reject> {
-        // Values are borrowed where they can be (the subject, a header) and copied once, into
-        // the key. The principal is held by its own handle so `ctx` stays free to update.
-        let principal = ctx.principal.clone();
-        for source in sources {
-            let req = session.req_header();
-            let value: Option<Cow<'_, str>> = match source {
-                KeySource::Sub => principal.as_deref().and_then(Principal::sub).map(Cow::from),
-                KeySource::Ip => ctx.client_ip.map(|ip| Cow::from(ip.to_string())),
-                KeySource::Header(name) => req
-                    .headers
-                    .get(name.as_str())
-                    .and_then(|v| v.to_str().ok())
-                    .map(str::trim)
-                    .filter(|v| !v.is_empty())
-                    .map(Cow::from),
-                KeySource::Cookie(name) => clientkey::cookie(
-                    req.headers.get_all(COOKIE).iter().map(|v| v.as_bytes()),
-                    name,
-                )
-                .map(Cow::from),
-                KeySource::Query(name) => {
-                    clientkey::query_param(req.uri.query(), name).map(Cow::from)
-                }
-                // On a JWT route the client is the token's (`client_id`/`azp`) and nothing
-                // else: a body or Basic value there is the caller's to choose.
-                KeySource::ClientId if route.auth == AuthMode::Jwt => principal
-                    .as_deref()
-                    .and_then(Principal::client_id)
-                    .map(Cow::from),
-                KeySource::ClientId => {
-                    let id = match &ctx.client_id {
-                        Some(id) => Some(id.clone()),
-                        None => self.public_client_id(session, &ctx.snap).await?,
-                    };
-                    if let Some(id) = &id {
-                        ctx.client_id = Some(id.clone());
-                    }
-                    id.map(Cow::from)
-                }
-            };
-            if let Some(v) = value {
-                let tag = match source {
-                    KeySource::Header(n) => Cow::from(format!("header:{n}")),
-                    KeySource::Cookie(n) => Cow::from(format!("cookie:{n}")),
-                    KeySource::Query(n) => Cow::from(format!("query:{n}")),
-                    other => Cow::from(other.tag()),
-                };
-                return Ok(clientkey::key(&tag, &v));
-            }
-        }
-        Ok("anonymous".to_string())
-    }
-
-    /// The client of a request to a public (OAuth) route, as an authorization server would
-    /// read it: the HTTP Basic user, the `client_id` of a form or JSON body, and the one in
-    /// the query string must name one client, each at most once, and a Basic client sends
-    /// no `client_secret` in the body (RFC 6749 §2.3: one authentication method per
-    /// request; §3.1: no parameter twice). Anything else is 400: the server might pick
-    /// another value than the one the limit counted.
-    async fn public_client_id(
-        &self,
-        session: &mut Session,
-        snap: &Snapshot,
-    ) -> Result<Option<String>, Reject> {
-        let req = session.req_header();
-        let mut authz = req.headers.get_all(AUTHORIZATION).iter();
-        let basic = match (authz.next(), authz.next()) {
-            (_, Some(_)) => {
-                return Err(Reject::ClientAuthConflict(
-                    "more than one Authorization header",
-                ))
-            }
-            (Some(v), None) if clientkey::is_basic(v.as_bytes()) => Some(
-                clientkey::basic_client_id(v.as_bytes()).ok_or(Reject::ClientAuthConflict(
-                    "malformed HTTP Basic client credentials",
-                ))?,
-            ),
-            _ => None,
-        };
-        let query =
-            clientkey::query_client_id(req.uri.query()).map_err(Reject::ClientAuthConflict)?;
-        let body = self.body_client(session, snap).await?;
-        if basic.is_some() && body.has_secret {
-            return Err(Reject::ClientAuthConflict(
-                "client authenticated with both HTTP Basic and client_secret in the body",
-            ));
-        }
-        let mut found: Option<String> = None;
-        for id in [basic, body.client_id, query].into_iter().flatten() {
-            match &found {
-                Some(f) if *f != id => {
-                    return Err(Reject::ClientAuthConflict(
-                        "client_id differs between HTTP Basic, the body and the query",
-                    ))
-                }
-                _ => found = Some(id),
-            }
-        }
-        Ok(found)
-    }
-
-    /// Read a small form or JSON body for `client_id` and `client_secret`; the body still
-    /// reaches the upstream byte for byte (pingora's retry buffer).
-    async fn body_client(
-        &self,
-        session: &mut Session,
-        snap: &Snapshot,
-    ) -> Result<clientkey::BodyClient, Reject> {
-        let req = session.req_header();
-        let Some(ct) = req
-            .headers
-            .get(CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string)
-        else {
-            return Ok(clientkey::BodyClient::default());
-        };
-        if !clientkey::readable_body_type(&ct) {
-            return Ok(clientkey::BodyClient::default());
-        }
-        let max = snap.config.server.max_body_bytes;
-        if let Some(len) = req.headers.get(CONTENT_LENGTH) {
-            match len
-                .to_str()
-                .ok()
-                .and_then(|s| s.trim().parse::<usize>().ok())
-            {
-                Some(n) if n > max => return Err(Reject::BodyTooLarge(max)),
-                Some(_) => {}
-                None => return Err(Reject::BadBody("malformed Content-Length")),
-            }
-        }
+    /// Reads with pingora's retry buffer on, so the body still reaches the upstream byte
+    /// for byte.
+    async fn read_body(&mut self, max: usize) -> Result<Vec<u8>, Reject> {
+        let session = &mut *self.session;
         // A client waiting for `100 Continue` would otherwise wait (curl: 1 s) before sending.
-        let expects_continue = req
+        let expects_continue = session
+            .req_header()
             .headers
             .get(http::header::EXPECT)
             .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
@@ -445,9 +138,28 @@ impl Gateway {
         if session.as_ref().retry_buffer_truncated() {
             return Err(Reject::BodyTooLarge(max));
         }
-        clientkey::body_client(&ct, &body).map_err(Reject::BadBody)
+        Ok(body)
     }
+}
 
+/// The core's view of a pingora request header.
+pub(crate) fn view_of(
+    req: &RequestHeader,
+    peer: Option<std::net::IpAddr>,
+    tls: bool,
+) -> RequestView<'_> {
+    RequestView {
+        method: &req.method,
+        uri: &req.uri,
+        raw_target: req.raw_path(),
+        raw_target_utf8: req.raw_path_is_utf8(),
+        headers: &req.headers,
+        peer,
+        tls,
+    }
+}
+
+impl Gateway {
     async fn write_reject(
         &self,
         session: &mut Session,
@@ -455,8 +167,8 @@ impl Gateway {
         reject: &Reject,
     ) -> Result<()> {
         let body = reject.body();
-        let mut header = reject.response_header(&ctx.request_id, body.len())?;
-        if let (Some(route), Some(d)) = (&ctx.route, &ctx.rate) {
+        let mut header = answer::response_header(reject, &ctx.request_id, body.len())?;
+        if let (Some(route), Some(d)) = (&ctx.adm.route, &ctx.adm.rate) {
             add_rate_headers(&mut header, route, d)?;
         }
         // An unread request body would poison a kept-alive connection.
@@ -471,6 +183,10 @@ impl Gateway {
     }
 }
 
+fn ceil_secs(d: std::time::Duration) -> u64 {
+    d.as_secs() + u64::from(d.subsec_nanos() > 0)
+}
+
 fn add_rate_headers(h: &mut ResponseHeader, route: &Route, d: &Decision) -> Result<()> {
     h.insert_header("ratelimit-limit", d.limit.to_string())?;
     h.insert_header("ratelimit-remaining", d.remaining.to_string())?;
@@ -480,6 +196,7 @@ fn add_rate_headers(h: &mut ResponseHeader, route: &Route, d: &Decision) -> Resu
 }
 
 const X_FORWARDED_FOR: &str = "x-forwarded-for";
+const X_FORWARDED_PROTO: &str = "x-forwarded-proto";
 
 /// `(status, error, error_description)` for a status pingora decided on its own (a request it
 /// could not proxy): the error code that fits the status, never a 4xx code on a 5xx.
@@ -507,98 +224,6 @@ fn status_error(code: u16) -> (u16, &'static str, &'static str) {
         _ => (500, "server_error", description),
     }
 }
-const X_FORWARDED_PROTO: &str = "x-forwarded-proto";
-
-/// Step 0: refuse what an upstream could frame or name differently from us.
-/// - a method with lower-case letters (methods are case-sensitive, RFC 9110 §9.1: `get` is
-///   not `GET`, and a route's method list would not see it, while some servers would);
-/// - `Content-Length` given twice or as a list (RFC 9110 §8.6 allows refusing; `3, 3`
-///   would otherwise be forwarded as is);
-/// - a `Transfer-Encoding` other than exactly `chunked` (`gzip, chunked` was forwarded as
-///   plain chunked with a gzip body), or beside `Content-Length` (RFC 9112 §6.1);
-/// - header names with `_`, where the config refuses them.
-fn check_message(req: &RequestHeader, underscores: UnderscoreHeaders) -> Result<(), Reject> {
-    if req.method.as_str().bytes().any(|b| b.is_ascii_lowercase()) {
-        return Err(Reject::Malformed(
-            "method names are case-sensitive and must be upper case",
-        ));
-    }
-    let mut lengths = req.headers.get_all(CONTENT_LENGTH).iter();
-    let length = lengths.next();
-    if lengths.next().is_some()
-        || length.is_some_and(|v| v.is_empty() || !v.as_bytes().iter().all(u8::is_ascii_digit))
-    {
-        return Err(Reject::Malformed(
-            "Content-Length must be given once, as one number",
-        ));
-    }
-    let mut codings = req.headers.get_all(http::header::TRANSFER_ENCODING).iter();
-    if let Some(te) = codings.next() {
-        let chunked = te
-            .to_str()
-            .is_ok_and(|v| v.trim().eq_ignore_ascii_case("chunked"));
-        if !chunked || codings.next().is_some() {
-            return Err(Reject::Malformed(
-                "only Transfer-Encoding: chunked is accepted",
-            ));
-        }
-        if length.is_some() {
-            return Err(Reject::Malformed(
-                "Content-Length and Transfer-Encoding together",
-            ));
-        }
-    }
-    if underscores == UnderscoreHeaders::Refuse
-        && req.headers.keys().any(|n| n.as_str().contains('_'))
-    {
-        return Err(Reject::Malformed(
-            "header names with '_' are not accepted (CGI and WSGI servers read them as '-')",
-        ));
-    }
-    Ok(())
-}
-
-/// RFC 9112 §3.2: origin-form (`/path?query`), or absolute-form with an http(s) scheme,
-/// whose authority is returned (its path is what is routed and sent upstream). Anything
-/// else (`x:/a`, `a/b`, `./a`, `*`, a target pingora could not classify and left empty, one
-/// that is not valid UTF-8) is refused: pingora would route `/` and forward the raw bytes.
-pub(crate) fn target_form(req: &RequestHeader) -> Result<Option<String>, Reject> {
-    const BAD: Reject = Reject::BadTarget(
-        "request target must be an absolute path (origin-form) or an http(s) URL",
-    );
-    let raw = req.raw_path();
-    if !req.raw_path_is_utf8() {
-        return Err(Reject::BadTarget("request target is not valid UTF-8"));
-    }
-    if raw.first() == Some(&b'/') {
-        return Ok(None);
-    }
-    let rest = [&b"http://"[..], b"https://"].iter().find_map(|scheme| {
-        (raw.len() > scheme.len() && raw[..scheme.len()].eq_ignore_ascii_case(scheme))
-            .then(|| &raw[scheme.len()..])
-    });
-    let Some(rest) = rest else {
-        return Err(BAD);
-    };
-    let end = rest
-        .iter()
-        .position(|b| matches!(b, b'/' | b'?' | b'#'))
-        .unwrap_or(rest.len());
-    let authority = &rest[..end];
-    let path_ok = matches!(rest.get(end), None | Some(b'/'));
-    if authority.is_empty()
-        || !path_ok
-        || !authority
-            .iter()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']'))
-        || !req.uri.path().starts_with('/')
-    {
-        return Err(BAD);
-    }
-    // ASCII checked above.
-    Ok(Some(String::from_utf8_lossy(authority).into_owned()))
-}
-
 /// Names a client's `Connection` header may list that are not removed for it: connection
 /// options, and framing the request needs (`X-Auth-*` are stripped anyway). `Authorization`
 /// is not among them: a client that lists it says it is for the gateway alone (RFC 9110
@@ -686,15 +311,10 @@ impl ProxyHttp for Gateway {
             snap: self.state.load_full(),
             start: Instant::now(),
             request_id: String::new(),
-            route: None,
-            principal: None,
-            rewritten_path: None,
-            target_authority: None,
-            https: self.tls,
-            client_ip: None,
-            client_id: None,
-            rate: None,
-            auth_result: "-",
+            adm: Admission {
+                https: self.tls,
+                ..Admission::default()
+            },
             outcome: Outcome::Pending,
             peer_start: 0,
             attempt: 0,
@@ -715,40 +335,24 @@ impl ProxyHttp for Gateway {
             }
             _ => uuid::Uuid::new_v4().simple().to_string(),
         };
-        let peer = session
-            .client_addr()
-            .and_then(|a| a.as_inet())
-            .map(|a| a.ip());
-        let trusted = &ctx.snap.config.server.trusted_proxies;
-        ctx.client_ip = client_ip(
-            peer,
-            req.headers
-                .get_all(X_FORWARDED_FOR)
-                .iter()
-                .map(|v| v.as_bytes()),
-            trusted,
-        );
-        if !self.tls {
-            ctx.https = clientkey::forwarded_https(
-                peer,
-                req.headers
-                    .get_all(X_FORWARDED_PROTO)
-                    .iter()
-                    .map(|v| v.as_bytes()),
-                trusted,
-            );
-        }
-        match self.admit(session, ctx).await {
+        let mut req = PingoraRequest {
+            session: &mut *session,
+            tls: self.tls,
+        };
+        let verdict = decide::decide(
+            &ctx.snap,
+            &self.metrics,
+            &mut req,
+            &mut ctx.adm,
+            &mut decide::Off,
+        )
+        .await;
+        match verdict {
             Ok(()) => {
                 ctx.outcome = Outcome::Forwarded;
                 Ok(false)
             }
             Err(reject) => {
-                let route = ctx.route.as_ref().map_or("_none", |r| r.name.as_str());
-                self.metrics
-                    .rejections
-                    .with_label_values(&[route, reject.reason()])
-                    .inc();
                 ctx.outcome = Outcome::Rejected(reject.reason());
                 self.write_reject(session, ctx, &reject).await?;
                 Ok(true)
@@ -763,6 +367,7 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
         let route = ctx
+            .adm
             .route
             .as_ref()
             .ok_or_else(|| Error::explain(ErrorType::InternalError, "no route decided"))?;
@@ -784,7 +389,7 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
         mut e: Box<Error>,
     ) -> Box<Error> {
-        if let Some(route) = &ctx.route {
+        if let Some(route) = &ctx.adm.route {
             let upstream = &ctx.snap.upstreams[route.upstream];
             let kind = match e.etype() {
                 ErrorType::ConnectTimedout => "timeout",
@@ -809,7 +414,7 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
         client_reused: bool,
     ) -> Box<Error> {
-        if let Some(route) = &ctx.route {
+        if let Some(route) = &ctx.adm.route {
             let name = ctx.snap.upstreams[route.upstream].name.as_str();
             let kind = match e.etype() {
                 ErrorType::ReadTimedout | ErrorType::WriteTimedout => "timeout",
@@ -841,7 +446,7 @@ impl ProxyHttp for Gateway {
         up: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        if let Some(path) = &ctx.rewritten_path {
+        if let Some(path) = &ctx.adm.rewritten_path {
             let pq = match up.uri.query() {
                 Some(q) => format!("{path}?{q}"),
                 None => path.clone(),
@@ -857,7 +462,7 @@ impl ProxyHttp for Gateway {
                 })?;
             up.set_uri(uri);
         }
-        if let Some(authority) = &ctx.target_authority {
+        if let Some(authority) = &ctx.adm.target_authority {
             up.insert_header(http::header::HOST, authority.as_str())?;
         }
         strip_request_headers(up, ctx.snap.config.server.headers_with_underscores);
@@ -866,20 +471,19 @@ impl ProxyHttp for Gateway {
             // it whole, so it must not answer another 100.
             up.remove_header(&http::header::EXPECT);
         }
-        if let Some(p) = &ctx.principal {
-            // The values were checked to be valid header values when the token was verified
-            // (auth::jwt `Claims::identity`), so these inserts cannot fail; if one did, the
-            // request fails rather than going upstream without the caller's identity.
-            if let Some(sub) = p.sub() {
-                up.insert_header("x-auth-subject", sub)?;
-            }
-            if let Some(cid) = p.client_id() {
-                up.insert_header("x-auth-client-id", cid)?;
-            }
-            up.insert_header("x-auth-scopes", p.scopes())?;
-            if p.strip_authorization {
-                up.remove_header(&AUTHORIZATION);
-            }
+        // The values were checked to be valid header values when the token was verified
+        // (auth::jwt `Claims::identity`), so these inserts cannot fail; if one did, the
+        // request fails rather than going upstream without the caller's identity.
+        for (name, value) in ctx.adm.identity_headers() {
+            up.insert_header(name, value)?;
+        }
+        if ctx
+            .adm
+            .principal
+            .as_ref()
+            .is_some_and(|p| p.strip_authorization)
+        {
+            up.remove_header(&AUTHORIZATION);
         }
         up.insert_header("x-request-id", ctx.request_id.as_str())?;
         if let Some(ip) = session
@@ -904,7 +508,7 @@ impl ProxyHttp for Gateway {
         }
         up.insert_header(
             X_FORWARDED_PROTO,
-            http::HeaderValue::from_static(if ctx.https { "https" } else { "http" }),
+            http::HeaderValue::from_static(if ctx.adm.https { "https" } else { "http" }),
         )?;
         Ok(())
     }
@@ -915,7 +519,7 @@ impl ProxyHttp for Gateway {
         _resp: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        if let (Some(start), Some(route)) = (ctx.upstream_start.take(), &ctx.route) {
+        if let (Some(start), Some(route)) = (ctx.upstream_start.take(), &ctx.adm.route) {
             ctx.snap.upstream_durations[route.upstream].observe(start.elapsed().as_secs_f64());
         }
         Ok(())
@@ -931,7 +535,7 @@ impl ProxyHttp for Gateway {
             return Ok(());
         }
         resp.insert_header("x-request-id", ctx.request_id.as_str())?;
-        if let (Some(route), Some(d)) = (&ctx.route, &ctx.rate) {
+        if let (Some(route), Some(d)) = (&ctx.adm.route, &ctx.adm.rate) {
             add_rate_headers(resp, route, d)?;
         }
         Ok(())
@@ -976,9 +580,9 @@ impl ProxyHttp for Gateway {
                 ctx.request_id = uuid::Uuid::new_v4().simple().to_string();
             }
             let body: Bytes = json_error(error, description);
-            if let Ok(mut h) = reject::error_header(code, &ctx.request_id, body.len()) {
+            if let Ok(mut h) = answer::error_header(code, &ctx.request_id, body.len()) {
                 // An admitted request on a limited route was counted: say how many are left.
-                if let (Some(route), Some(d)) = (&ctx.route, &ctx.rate) {
+                if let (Some(route), Some(d)) = (&ctx.adm.route, &ctx.adm.rate) {
                     let _ = add_rate_headers(&mut h, route, d);
                 }
                 if session
@@ -1003,7 +607,7 @@ impl ProxyHttp for Gateway {
         format!(
             "{} {} (request_id {})",
             req.method,
-            ctx.rewritten_path.as_deref().unwrap_or(req.uri.path()),
+            ctx.adm.rewritten_path.as_deref().unwrap_or(req.uri.path()),
             ctx.request_id
         )
     }
@@ -1019,13 +623,14 @@ impl ProxyHttp for Gateway {
             .map(|r| r.status.as_u16())
             .unwrap_or(0);
         let route = ctx
+            .adm
             .route
             .as_ref()
             .map(|r| r.name.as_str())
             .unwrap_or("_none");
         let method = method_label(&session.req_header().method);
         let elapsed = ctx.start.elapsed();
-        let handles = match &ctx.route {
+        let handles = match &ctx.adm.route {
             Some(r) => &ctx.snap.route_metrics[r.index],
             None => &ctx.snap.no_route_metrics,
         };
@@ -1033,6 +638,7 @@ impl ProxyHttp for Gateway {
         handles.duration.observe(elapsed.as_secs_f64());
         if self.access_log {
             let upstream = ctx
+                .adm
                 .route
                 .as_ref()
                 .map(|r| ctx.snap.upstreams[r.upstream].name.as_str())
@@ -1043,8 +649,14 @@ impl ProxyHttp for Gateway {
                 Outcome::Rejected(r) => r,
                 Outcome::UpstreamFailed => "upstream_failed",
             };
-            let sub = ctx.principal.as_ref().and_then(|p| p.sub()).unwrap_or("-");
+            let sub = ctx
+                .adm
+                .principal
+                .as_ref()
+                .and_then(|p| p.sub())
+                .unwrap_or("-");
             let issuer = ctx
+                .adm
                 .principal
                 .as_ref()
                 .map_or("-", |p| ctx.snap.auth.issuer_name(p));
@@ -1054,20 +666,21 @@ impl ProxyHttp for Gateway {
                 request_id = %ctx.request_id,
                 route,
                 method = %session.req_header().method,
-                path = %ctx.rewritten_path.as_deref().unwrap_or(session.req_header().uri.path()),
+                path = %ctx.adm.rewritten_path.as_deref().unwrap_or(session.req_header().uri.path()),
                 status,
                 duration_ms = elapsed.as_secs_f64() * 1000.0,
                 upstream,
                 outcome,
-                auth = ctx.auth_result,
+                auth = ctx.adm.auth_result,
                 issuer,
                 client_id = ctx
+                    .adm
                     .client_id
                     .as_deref()
-                    .or_else(|| ctx.principal.as_ref().and_then(|p| p.client_id()))
+                    .or_else(|| ctx.adm.principal.as_ref().and_then(|p| p.client_id()))
                     .unwrap_or("-"),
                 subject = sub,
-                client_ip = %ctx.client_ip.map(|i| i.to_string()).unwrap_or_else(|| "-".into()),
+                client_ip = %ctx.adm.client_ip.map(|i| i.to_string()).unwrap_or_else(|| "-".into()),
                 error,
                 "request"
             );

@@ -1,8 +1,11 @@
 //! Every answer the gateway gives itself: `Reject` -> status, headers, JSON body. This is the
 //! only place that decides them (RFC 6750 §3 for bearer errors, RFC 6749 §5.2 body shape).
+//! Plain data: the proxy writes it with pingora, `test` and `explain` print it.
+
+use std::borrow::Cow;
 
 use bytes::Bytes;
-use pingora::http::ResponseHeader;
+use http::header::{HeaderName, CONNECTION, RETRY_AFTER, UPGRADE, WWW_AUTHENTICATE};
 
 use crate::auth::AuthError;
 use crate::policy::MissingScopes;
@@ -157,31 +160,28 @@ impl Reject {
         json_error(error, &description)
     }
 
-    /// The whole response header (body length included).
-    pub fn response_header(
-        &self,
-        request_id: &str,
-        body_len: usize,
-    ) -> pingora::Result<ResponseHeader> {
-        let mut h = error_header(self.status(), request_id, body_len)?;
+    /// The headers of the answer besides the common ones (content type, length, no caching,
+    /// request id): `WWW-Authenticate`, `Retry-After`, `Upgrade`.
+    pub fn headers(&self) -> Vec<(HeaderName, Cow<'static, str>)> {
+        let mut h = Vec::new();
         if let Some(v) = self.www_authenticate() {
-            h.insert_header(http::header::WWW_AUTHENTICATE, v)?;
+            h.push((WWW_AUTHENTICATE, Cow::Owned(v)));
         }
         match self {
             Reject::RateLimited { retry_after_secs } => {
-                h.insert_header(http::header::RETRY_AFTER, retry_after_secs.to_string())?;
+                h.push((RETRY_AFTER, Cow::Owned(retry_after_secs.to_string())));
             }
             Reject::Auth(AuthError::KeysUnavailable) | Reject::LimiterUnavailable => {
-                h.insert_header(http::header::RETRY_AFTER, "1")?;
+                h.push((RETRY_AFTER, Cow::Borrowed("1")));
             }
             Reject::TlsRequired { status: 426 } => {
                 // RFC 9110 §15.5.22: a 426 names the protocols to switch to.
-                h.insert_header(http::header::UPGRADE, "TLS/1.3, TLS/1.2")?;
-                h.insert_header(http::header::CONNECTION, "Upgrade")?;
+                h.push((UPGRADE, Cow::Borrowed("TLS/1.3, TLS/1.2")));
+                h.push((CONNECTION, Cow::Borrowed("Upgrade")));
             }
             _ => {}
         }
-        Ok(h)
+        h
     }
 }
 
@@ -189,46 +189,6 @@ impl Reject {
 pub fn json_error(error: &str, description: &str) -> Bytes {
     let v = serde_json::json!({"error": error, "error_description": description});
     Bytes::from(v.to_string())
-}
-
-/// A whole HTTP/1.1 error answer as bytes, for the connection layer (`conn.rs`), which writes
-/// before any request is parsed: JSON body, no caching, `Connection: close`.
-pub fn raw_error_response(
-    status: u16,
-    error: &str,
-    description: &str,
-    extra: &[(&str, &str)],
-) -> Bytes {
-    let body = json_error(error, description);
-    let reason = http::StatusCode::from_u16(status)
-        .ok()
-        .and_then(|s| s.canonical_reason())
-        .unwrap_or("Error");
-    let mut out = format!(
-        "HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\nCache-Control: no-store\r\nContent-Length: {}\r\nConnection: close\r\n",
-        body.len()
-    );
-    for (name, value) in extra {
-        out.push_str(&format!("{name}: {value}\r\n"));
-    }
-    out.push_str("\r\n");
-    let mut bytes = out.into_bytes();
-    bytes.extend_from_slice(&body);
-    Bytes::from(bytes)
-}
-
-/// Status, JSON content type, no caching, length, request id.
-pub fn error_header(
-    status: u16,
-    request_id: &str,
-    body_len: usize,
-) -> pingora::Result<ResponseHeader> {
-    let mut h = ResponseHeader::build(status, Some(6))?;
-    h.insert_header(http::header::CONTENT_TYPE, "application/json")?;
-    h.insert_header(http::header::CACHE_CONTROL, "no-store")?;
-    h.insert_header(http::header::CONTENT_LENGTH, body_len.to_string())?;
-    h.insert_header("x-request-id", request_id)?;
-    Ok(h)
 }
 
 #[cfg(test)]
@@ -278,16 +238,12 @@ mod tests {
 
     #[test]
     fn tls_required_is_403_or_426_with_upgrade() {
-        let h = Reject::TlsRequired { status: 403 }
-            .response_header("rid", 10)
-            .unwrap();
-        assert_eq!(h.status.as_u16(), 403);
-        assert!(h.headers.get("upgrade").is_none());
-        let h = Reject::TlsRequired { status: 426 }
-            .response_header("rid", 10)
-            .unwrap();
-        assert_eq!(h.status.as_u16(), 426);
-        assert!(h.headers.get("upgrade").is_some());
+        let r = Reject::TlsRequired { status: 403 };
+        assert_eq!(r.status(), 403);
+        assert!(!r.headers().iter().any(|(n, _)| *n == UPGRADE));
+        let r = Reject::TlsRequired { status: 426 };
+        assert_eq!(r.status(), 426);
+        assert!(r.headers().iter().any(|(n, _)| *n == UPGRADE));
         let body: serde_json::Value =
             serde_json::from_slice(&Reject::TlsRequired { status: 426 }.body()).unwrap();
         assert_eq!(body["error"], "invalid_request");
@@ -298,9 +254,8 @@ mod tests {
         let r = Reject::RateLimited {
             retry_after_secs: 7,
         };
-        let h = r.response_header("rid", 10).unwrap();
-        assert_eq!(h.status.as_u16(), 429);
-        assert_eq!(h.headers.get("retry-after").unwrap(), "7");
+        assert_eq!(r.status(), 429);
+        assert_eq!(r.headers(), vec![(RETRY_AFTER, Cow::Borrowed("7"))]);
         let body: serde_json::Value = serde_json::from_slice(&r.body()).unwrap();
         assert_eq!(body["error"], "rate_limit_exceeded");
     }

@@ -1,0 +1,79 @@
+//! The steps a decision took, for the people who own the rules (`test`, `explain`). The proxy
+//! passes [`Off`]: every `step` call takes a closure that `Off` never runs, so on the request
+//! path nothing is built, formatted or allocated for a trace nobody reads.
+
+use serde::Serialize;
+
+/// Where the steps of one decision go.
+pub trait Trace {
+    /// Record one step; `step` is called only by a trace that keeps it.
+    fn step(&mut self, step: impl FnOnce() -> Step);
+}
+
+/// No trace: the request path.
+pub struct Off;
+
+impl Trace for Off {
+    #[inline(always)]
+    fn step(&mut self, _: impl FnOnce() -> Step) {}
+}
+
+/// Keeps every step, in order.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct Recorder {
+    pub steps: Vec<Step>,
+}
+
+impl Trace for Recorder {
+    fn step(&mut self, step: impl FnOnce() -> Step) {
+        self.steps.push(step());
+    }
+}
+
+/// One step of a decision. Never holds a token or a signature; claims values may appear (they
+/// are what a rule owner debugs).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "step", rename_all = "snake_case")]
+pub enum Step {
+    /// The request target's form (RFC 9112 §3.2): `origin` or `absolute` (with its authority).
+    Target {
+        form: &'static str,
+        authority: Option<String>,
+    },
+    /// The path as received and as routed (after normalisation).
+    Path { raw: String, routed: String },
+    /// The route that matched, or `None`.
+    Route { matched: Option<String> },
+    /// Whether the request arrived over TLS and whether the route requires it.
+    Tls { https: bool, required: bool },
+    /// The route is public: no credentials are checked.
+    Public,
+    /// Where the token came from: `authorization`, `query`, `cookie`, or `none`.
+    Credentials { source: &'static str },
+    /// The token's verification: its issuer (when its `iss` named one) and the result
+    /// (`ok` or the refusal reason).
+    Token {
+        issuer: Option<String>,
+        result: &'static str,
+    },
+    /// Scopes the route requires, the token grants, and (when refused) the `scope=` a 403
+    /// names.
+    Scopes {
+        required: String,
+        granted: String,
+        missing: Option<String>,
+    },
+    /// A public route's client, as an authorization server would read it.
+    Client { client_id: Option<String> },
+    /// One limit group: its limiter scope, key source and key, and the limiter's answer.
+    Limit {
+        scope: String,
+        source: String,
+        key: String,
+        allowed: bool,
+        limit: u32,
+        remaining: u32,
+    },
+    /// The end: forwarded (`status` 0) or refused with `status` for `reason`.
+    Verdict { status: u16, reason: &'static str },
+}

@@ -1,0 +1,85 @@
+//! Writing the gateway's own answers with pingora: a [`Reject`] of the decision core, a status
+//! pingora decided on its own, and the raw bytes the connection layer writes before any
+//! request is parsed. What the answers say is decided in `decide::reject`.
+
+use bytes::Bytes;
+use pingora::http::ResponseHeader;
+
+use crate::decide::{json_error, Reject};
+
+/// The whole response header of a rejection (body length included).
+pub(crate) fn response_header(
+    reject: &Reject,
+    request_id: &str,
+    body_len: usize,
+) -> pingora::Result<ResponseHeader> {
+    let mut h = error_header(reject.status(), request_id, body_len)?;
+    for (name, value) in reject.headers() {
+        h.insert_header(name, value.as_ref())?;
+    }
+    Ok(h)
+}
+
+/// A whole HTTP/1.1 error answer as bytes, for the connection layer (`conn.rs`), which writes
+/// before any request is parsed: JSON body, no caching, `Connection: close`.
+pub(crate) fn raw_error_response(
+    status: u16,
+    error: &str,
+    description: &str,
+    extra: &[(&str, &str)],
+) -> Bytes {
+    let body = json_error(error, description);
+    let reason = http::StatusCode::from_u16(status)
+        .ok()
+        .and_then(|s| s.canonical_reason())
+        .unwrap_or("Error");
+    let mut out = format!(
+        "HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\nCache-Control: no-store\r\nContent-Length: {}\r\nConnection: close\r\n",
+        body.len()
+    );
+    for (name, value) in extra {
+        out.push_str(&format!("{name}: {value}\r\n"));
+    }
+    out.push_str("\r\n");
+    let mut bytes = out.into_bytes();
+    bytes.extend_from_slice(&body);
+    Bytes::from(bytes)
+}
+
+/// Status, JSON content type, no caching, length, request id.
+pub(crate) fn error_header(
+    status: u16,
+    request_id: &str,
+    body_len: usize,
+) -> pingora::Result<ResponseHeader> {
+    let mut h = ResponseHeader::build(status, Some(6))?;
+    h.insert_header(http::header::CONTENT_TYPE, "application/json")?;
+    h.insert_header(http::header::CACHE_CONTROL, "no-store")?;
+    h.insert_header(http::header::CONTENT_LENGTH, body_len.to_string())?;
+    h.insert_header("x-request-id", request_id)?;
+    Ok(h)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_426_carries_upgrade_and_a_429_retry_after() {
+        let h = response_header(&Reject::TlsRequired { status: 426 }, "rid", 10).unwrap();
+        assert_eq!(h.status.as_u16(), 426);
+        assert_eq!(h.headers.get("upgrade").unwrap(), "TLS/1.3, TLS/1.2");
+        assert_eq!(h.headers.get("x-request-id").unwrap(), "rid");
+        let h = response_header(
+            &Reject::RateLimited {
+                retry_after_secs: 7,
+            },
+            "rid",
+            10,
+        )
+        .unwrap();
+        assert_eq!(h.status.as_u16(), 429);
+        assert_eq!(h.headers.get("retry-after").unwrap(), "7");
+        assert_eq!(h.headers.get("content-length").unwrap(), "10");
+    }
+}
