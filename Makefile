@@ -33,6 +33,7 @@ lint:
 
 test: deps lint
 	$(CARGO) run --locked -q -- check --config config/gateway.toml
+	$(CARGO) run --locked -q -- test --config config/gateway.toml config/gateway.tests.toml
 	$(CARGO) test --locked
 
 check-config:

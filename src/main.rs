@@ -1,4 +1,5 @@
-//! The `wetrials-gateway` binary: serve a config, `check` one, or run the `demo`.
+//! The `wetrials-gateway` binary: serve a config, `check` one, `test` its route table, or run
+//! the `demo`.
 
 #![forbid(unsafe_code)]
 
@@ -31,6 +32,18 @@ enum Command {
         #[arg(long, short = 'c', value_name = "FILE")]
         config: PathBuf,
     },
+    /// Route-table tests: decide each case of the CASES files with the proxy's own decision
+    /// code, offline. Exit 0: all passed; 1: a case failed; 2: a bad config or cases file.
+    Test {
+        #[arg(long, short = 'c', value_name = "FILE")]
+        config: PathBuf,
+        /// Output: `text` (one line per case, a diff and the decision for each failure) or
+        /// `junit` (XML for CI systems).
+        #[arg(long, value_name = "FORMAT", default_value = "text")]
+        format: TestFormat,
+        #[arg(value_name = "CASES", required = true)]
+        cases: Vec<PathBuf>,
+    },
     /// Run a local issuer, an echo upstream and the gateway; print curl commands to try.
     Demo {
         /// Data listener (default 127.0.0.1:8080, or a free port when taken).
@@ -40,6 +53,12 @@ enum Command {
         #[arg(long)]
         admin_listen: Option<String>,
     },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum TestFormat {
+    Text,
+    Junit,
 }
 
 fn main() -> ExitCode {
@@ -64,6 +83,17 @@ fn main() -> ExitCode {
                 ExitCode::from(1)
             }
         },
+        Some(Command::Test {
+            config,
+            format,
+            cases,
+        }) => {
+            let format = match format {
+                TestFormat::Text => wetrials_gateway::rules::Format::Text,
+                TestFormat::Junit => wetrials_gateway::rules::Format::Junit,
+            };
+            ExitCode::from(wetrials_gateway::rules::run(&config, &cases, format))
+        }
         Some(Command::Demo {
             listen,
             admin_listen,

@@ -14,17 +14,17 @@ use crate::state::SharedState;
 /// How often due issuers are looked for: a JWKS's refresh is late by at most this much.
 const TICK: Duration = Duration::from_millis(250);
 
-pub struct JwksRefresher {
+pub(crate) struct JwksRefresher {
     state: SharedState,
 }
 
 impl JwksRefresher {
-    pub fn new(state: SharedState) -> Self {
+    pub(crate) fn new(state: SharedState) -> Self {
         JwksRefresher { state }
     }
 
     /// Refresh every due issuer once, concurrently.
-    pub async fn tick(&self) {
+    pub(crate) async fn tick(&self) {
         let snap = self.state.load_full();
         let now = Instant::now();
         let due: Vec<_> = snap

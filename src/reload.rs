@@ -15,7 +15,7 @@ use tracing::{error, info, warn};
 use crate::metrics::Metrics;
 use crate::state::{SharedState, Snapshot};
 
-pub struct Reloader {
+pub(crate) struct Reloader {
     path: PathBuf,
     state: SharedState,
     http: reqwest::Client,
@@ -28,7 +28,7 @@ pub struct Reloader {
 const WARM_UP_LIMIT: Duration = Duration::from_secs(5);
 
 impl Reloader {
-    pub fn new(
+    pub(crate) fn new(
         path: PathBuf,
         state: SharedState,
         http: reqwest::Client,
@@ -46,7 +46,7 @@ impl Reloader {
     /// Re-read the file; `Err` lists every problem (the running config stays). Issuers that
     /// are new or changed their key source get their keys fetched before the swap, so their
     /// tokens are never answered 503 in between.
-    pub async fn reload(&self) -> Result<(), Vec<String>> {
+    pub(crate) async fn reload(&self) -> Result<(), Vec<String>> {
         let _one = self.lock.lock().await;
         let path = self.path.clone();
         // Reading the file and resolving peer names may block: not on an async worker.
@@ -105,7 +105,7 @@ impl Reloader {
 }
 
 /// Waits for SIGHUP and reloads.
-pub struct SighupListener {
+pub(crate) struct SighupListener {
     pub reloader: Arc<Reloader>,
 }
 

@@ -16,7 +16,7 @@ use crate::ratelimit::{RateLimitError, RateLimiter};
 use crate::upstream::Upstream;
 
 /// Entries of the verified-token cache.
-pub const TOKEN_CACHE_CAPACITY: u64 = 200_000;
+pub(crate) const TOKEN_CACHE_CAPACITY: u64 = 200_000;
 
 pub struct Snapshot {
     pub config: GatewayConfig,
@@ -33,7 +33,7 @@ pub struct Snapshot {
     pub limiter: Arc<RateLimiter>,
 }
 
-pub type SharedState = Arc<ArcSwap<Snapshot>>;
+pub(crate) type SharedState = Arc<ArcSwap<Snapshot>>;
 
 impl Snapshot {
     /// Build from a validated config, reusing what `previous` has for unchanged parts.
@@ -128,6 +128,25 @@ impl Snapshot {
             upstreams,
             limiter,
         })
+    }
+
+    /// For offline front doors (route-table tests, `explain`): the same snapshot, but the
+    /// limiter is always in memory (no Redis) and reads `clock`, and no key is fetched (the
+    /// caller installs keys with `Issuer::install_jwks` or fetches them itself).
+    pub fn offline(
+        mut config: GatewayConfig,
+        metrics: &Arc<Metrics>,
+        clock: Arc<dyn crate::ratelimit::Clock>,
+    ) -> Result<Snapshot, RateLimitError> {
+        config.rate_limit.backend = crate::ratelimit::Backend::Memory;
+        let rate_limit = config.rate_limit.clone();
+        let mut snap = Snapshot::build(config, None, &reqwest::Client::new(), metrics)?;
+        snap.limiter = Arc::new(RateLimiter::with_clock(
+            rate_limit,
+            metrics.ratelimit.clone(),
+            clock,
+        )?);
+        Ok(snap)
     }
 
     pub fn ready(&self) -> bool {

@@ -19,11 +19,11 @@ use pingora::http::RequestHeader;
 use crate::config::{AdminSettings, AdminToken, Authority, Host};
 
 /// The realm in the admin listener's `WWW-Authenticate`.
-pub const REALM: &str = "admin";
+pub(super) const REALM: &str = "admin";
 
 /// Why an admin request is refused; each maps to one status and JSON body.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Refusal {
+pub(super) enum Refusal {
     /// Missing, repeated or unparseable `Host`, a target neither origin- nor absolute-form: 400.
     BadRequest(&'static str),
     /// `Host` names another server (DNS rebinding, a misrouted request): 421.
@@ -39,7 +39,7 @@ pub enum Refusal {
 }
 
 impl Refusal {
-    pub fn status(&self) -> StatusCode {
+    pub(super) fn status(&self) -> StatusCode {
         match self {
             Refusal::BadRequest(_) | Refusal::BadAuthorization(_) => StatusCode::BAD_REQUEST,
             Refusal::ForeignHost => StatusCode::MISDIRECTED_REQUEST,
@@ -49,7 +49,7 @@ impl Refusal {
     }
 
     /// Bounded label for the log line.
-    pub fn reason(&self) -> &'static str {
+    pub(super) fn reason(&self) -> &'static str {
         match self {
             Refusal::BadRequest(_) => "bad_request",
             Refusal::ForeignHost => "foreign_host",
@@ -61,7 +61,7 @@ impl Refusal {
     }
 
     /// `(error, error_description)` of the JSON body.
-    pub fn error_pair(&self) -> (&'static str, &'static str) {
+    pub(super) fn error_pair(&self) -> (&'static str, &'static str) {
         match self {
             Refusal::BadRequest(d) | Refusal::BadAuthorization(d) => ("invalid_request", d),
             Refusal::ForeignHost => (
@@ -75,7 +75,7 @@ impl Refusal {
     }
 
     /// `WWW-Authenticate` value, where one belongs (RFC 6750 §3).
-    pub fn www_authenticate(&self) -> Option<String> {
+    pub(super) fn www_authenticate(&self) -> Option<String> {
         match self {
             Refusal::MissingToken => Some(format!("Bearer realm=\"{REALM}\"")),
             Refusal::WrongToken => Some(format!(
@@ -87,7 +87,7 @@ impl Refusal {
 }
 
 /// Every check, in order; `local` is the connection's local address.
-pub fn admit(
+pub(super) fn admit(
     req: &RequestHeader,
     local: Option<SocketAddr>,
     cfg: &AdminSettings,

@@ -18,7 +18,7 @@ use crate::metrics::Metrics;
 use crate::reload::Reloader;
 use crate::state::SharedState;
 
-pub struct AdminApp {
+pub(crate) struct AdminApp {
     state: SharedState,
     metrics: Arc<Metrics>,
     reloader: Option<Arc<Reloader>>,
@@ -28,7 +28,11 @@ pub struct AdminApp {
 }
 
 impl AdminApp {
-    pub fn new(state: SharedState, metrics: Arc<Metrics>, reloader: Option<Arc<Reloader>>) -> Self {
+    pub(crate) fn new(
+        state: SharedState,
+        metrics: Arc<Metrics>,
+        reloader: Option<Arc<Reloader>>,
+    ) -> Self {
         AdminApp {
             state,
             metrics,

@@ -90,7 +90,7 @@ pub fn check_chars(token: &str) -> Result<(), AuthError> {
 }
 
 /// A token from an opted-in query parameter or cookie: same character rules.
-pub fn from_value(value: &str, max_len: usize) -> Result<BearerToken<'_>, AuthError> {
+pub(crate) fn from_value(value: &str, max_len: usize) -> Result<BearerToken<'_>, AuthError> {
     if value.len() > max_len {
         return Err(AuthError::InvalidRequest("token too large"));
     }

@@ -255,6 +255,19 @@ impl Issuer {
         true
     }
 
+    /// Install the keys of a JWKS document given here instead of fetched (offline tools:
+    /// route-table tests, `explain --jwks-file`); the issuer is ready afterwards.
+    pub fn install_jwks(&self, doc: &[u8]) -> Result<usize, JwksError> {
+        let (keys, _skipped) = parse_jwks(doc)?;
+        if keys.is_empty() {
+            return Err(JwksError::NoUsableKeys);
+        }
+        let count = keys.len();
+        self.install(keys);
+        self.ready.store(true, Ordering::Release);
+        Ok(count)
+    }
+
     fn install(&self, keys: Vec<VerifyKey>) {
         let old = self.keys.load();
         // Same keys (same kid and same material) keep the generation: cached verifications
@@ -376,7 +389,7 @@ fn same_key(a: &DecodingKey, b: &DecodingKey) -> bool {
 }
 
 /// `max-age=N` of a Cache-Control value (`no-store`/`no-cache` give none).
-pub fn parse_max_age(v: &str) -> Option<Duration> {
+pub(crate) fn parse_max_age(v: &str) -> Option<Duration> {
     let mut max_age = None;
     for part in v.split(',') {
         let part = part.trim();
@@ -411,7 +424,7 @@ fn parse_alg(s: &str) -> Option<Algorithm> {
 }
 
 /// Parse a JWKS document: the usable keys, and a reason for each key skipped.
-pub fn parse_jwks(body: &[u8]) -> Result<(Vec<VerifyKey>, Vec<String>), JwksError> {
+pub(crate) fn parse_jwks(body: &[u8]) -> Result<(Vec<VerifyKey>, Vec<String>), JwksError> {
     let doc: Value = serde_json::from_slice(body).map_err(|e| JwksError::Parse(e.to_string()))?;
     let list = doc
         .get("keys")

@@ -23,9 +23,7 @@ pub struct JoseHeader {
 
 /// The claims the gateway uses; registered claims are checked by jsonwebtoken.
 #[derive(Debug, Deserialize)]
-pub struct Claims {
-    #[serde(default)]
-    pub iss: Option<String>,
+pub(crate) struct Claims {
     #[serde(default)]
     pub sub: Option<String>,
     #[serde(default)]
@@ -45,7 +43,7 @@ pub struct Claims {
 /// `scope`/`scp`: a space-delimited string or an array of strings.
 #[derive(Debug, Deserialize)]
 #[serde(untagged)]
-pub enum ScopeClaim {
+pub(crate) enum ScopeClaim {
     Text(String),
     List(Vec<String>),
 }
@@ -64,7 +62,7 @@ impl Claims {
     ///   `%x21 / %x23-5B / %x5D-7E`) separated by spaces. Runs of spaces are tolerated since the
     ///   forwarded value is rebuilt with single spaces; any other separator is refused.
     /// - `scp` as an array: every element one scope-token (no space inside, not empty).
-    pub fn identity(&self) -> Result<Identity<'_>, AuthError> {
+    pub(crate) fn identity(&self) -> Result<Identity<'_>, AuthError> {
         let sub = match self.sub.as_deref() {
             Some(s) if !is_header_text(s) => return Err(AuthError::UnforwardableClaim("sub")),
             other => other,
@@ -118,7 +116,7 @@ impl Claims {
 /// What a verified token says about its caller, every value valid as an HTTP header value as
 /// is (only [`Claims::identity`] builds one).
 #[derive(Debug)]
-pub struct Identity<'a> {
+pub(crate) struct Identity<'a> {
     sub: Option<&'a str>,
     client_id: Option<&'a str>,
     scopes: String,
@@ -126,17 +124,17 @@ pub struct Identity<'a> {
 
 impl<'a> Identity<'a> {
     /// `sub`.
-    pub fn sub(&self) -> Option<&'a str> {
+    pub(crate) fn sub(&self) -> Option<&'a str> {
         self.sub
     }
 
     /// `client_id`, else `azp`.
-    pub fn client_id(&self) -> Option<&'a str> {
+    pub(crate) fn client_id(&self) -> Option<&'a str> {
         self.client_id
     }
 
     /// The granted scope-tokens, joined by single spaces.
-    pub fn scopes(&self) -> &str {
+    pub(crate) fn scopes(&self) -> &str {
         &self.scopes
     }
 }
@@ -256,7 +254,10 @@ pub fn parse(token: &str) -> Result<Unverified<'_>, AuthError> {
 }
 
 /// The algorithm to verify with: the header's, only if the issuer allows it.
-pub fn allowed_algorithm(issuer: &Issuer, header: &JoseHeader) -> Result<Algorithm, AuthError> {
+pub(crate) fn allowed_algorithm(
+    issuer: &Issuer,
+    header: &JoseHeader,
+) -> Result<Algorithm, AuthError> {
     let alg = header
         .alg
         .parse::<Algorithm>()
@@ -268,7 +269,7 @@ pub fn allowed_algorithm(issuer: &Issuer, header: &JoseHeader) -> Result<Algorit
     Ok(alg)
 }
 
-pub fn now_secs() -> u64 {
+pub(crate) fn now_secs() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -276,7 +277,7 @@ pub fn now_secs() -> u64 {
 }
 
 /// Milliseconds since the Unix epoch.
-pub fn now_millis() -> u64 {
+pub(crate) fn now_millis() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
@@ -284,7 +285,7 @@ pub fn now_millis() -> u64 {
 }
 
 /// Verify signature and registered claims with one key.
-pub fn verify_with(
+pub(crate) fn verify_with(
     issuer: &Issuer,
     token: &Unverified<'_>,
     alg: Algorithm,

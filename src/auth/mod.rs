@@ -4,15 +4,15 @@
 //! token, never past the token's `exp` plus leeway, dropped when the issuer's keys change), so a
 //! client repeating its token skips the signature check.
 
-pub mod bearer;
-pub mod jwks;
-pub mod jwt;
+pub(crate) mod bearer;
+pub(crate) mod jwks;
+pub(crate) mod jwt;
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-pub use bearer::BearerToken;
-pub use jwks::{Issuer, JwksError, KeySet, VerifyKey};
+pub(crate) use bearer::BearerToken;
+pub(crate) use jwks::Issuer;
 
 use crate::expiring::{Expiring, ExpiringMap, Ids, WhenFull};
 use crate::metrics::Metrics;

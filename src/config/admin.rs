@@ -76,7 +76,7 @@ impl std::fmt::Debug for AdminToken {
 }
 
 /// Shortest admin token accepted: a guessable token would make the check decoration.
-pub const MIN_ADMIN_TOKEN_LEN: usize = 16;
+pub(super) const MIN_ADMIN_TOKEN_LEN: usize = 16;
 
 impl AdminToken {
     /// At least [`MIN_ADMIN_TOKEN_LEN`] visible ASCII characters (it travels in a header).

@@ -142,7 +142,7 @@ fn named(item: &toml::Table, list: &str, i: usize) -> String {
 }
 
 /// Remove every unknown key from the parsed file, recording a problem for each.
-pub fn remove_unknown_keys(root: &mut toml::Table, raw: &str, problems: &mut Vec<Problem>) {
+pub(super) fn remove_unknown_keys(root: &mut toml::Table, raw: &str, problems: &mut Vec<Problem>) {
     check_table(root, TOP, "", raw, problems);
     for (section, known) in [
         ("server", SERVER),

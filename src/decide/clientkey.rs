@@ -98,7 +98,7 @@ pub fn basic_client_id(value: &[u8]) -> Option<String> {
 }
 
 /// A cookie's value from `Cookie` header values.
-pub fn cookie<'a>(values: impl Iterator<Item = &'a [u8]>, name: &str) -> Option<String> {
+pub(crate) fn cookie<'a>(values: impl Iterator<Item = &'a [u8]>, name: &str) -> Option<String> {
     for v in values {
         let Ok(s) = std::str::from_utf8(v) else {
             continue;
@@ -118,7 +118,7 @@ pub fn cookie<'a>(values: impl Iterator<Item = &'a [u8]>, name: &str) -> Option<
 }
 
 /// A query parameter's decoded value.
-pub fn query_param(query: Option<&str>, name: &str) -> Option<String> {
+pub(crate) fn query_param(query: Option<&str>, name: &str) -> Option<String> {
     form_urlencoded::parse(query?.as_bytes())
         .find(|(k, _)| k == name)
         .map(|(_, v)| v.into_owned())
@@ -274,7 +274,7 @@ impl<'de> serde::Deserialize<'de> for JsonClient {
 }
 
 /// Is this a body we read for `client_id`?
-pub fn readable_body_type(content_type: &str) -> bool {
+pub(crate) fn readable_body_type(content_type: &str) -> bool {
     let mime = mime(content_type);
     mime == "application/x-www-form-urlencoded"
         || mime == "application/json"
@@ -282,7 +282,7 @@ pub fn readable_body_type(content_type: &str) -> bool {
 }
 
 /// `tag:value`, with long values replaced by their SHA-256 so memory per key stays bounded.
-pub fn key(tag: &str, value: &str) -> String {
+pub(crate) fn key(tag: &str, value: &str) -> String {
     if value.len() <= 128 {
         format!("{tag}:{value}")
     } else {

@@ -8,7 +8,7 @@
 
 pub(crate) mod clientkey;
 mod reject;
-pub mod trace;
+pub(crate) mod trace;
 
 use std::borrow::Cow;
 use std::net::IpAddr;
@@ -20,8 +20,8 @@ use http::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, COOKIE};
 use http::{HeaderMap, Method, Uri};
 use tracing::warn;
 
-pub use reject::{json_error, Reject, REALM};
-pub use trace::{Off, Recorder, Step, Trace};
+pub(crate) use reject::{json_error, Reject};
+pub(crate) use trace::{Off, Recorder, Step, Trace};
 
 use crate::auth::{bearer, AuthError, Principal};
 use crate::config::{AuthMode, UnderscoreHeaders};
@@ -35,7 +35,7 @@ const X_FORWARDED_PROTO: &str = "x-forwarded-proto";
 
 /// What the decision reads of a request. Borrowed: building one costs nothing.
 #[derive(Clone, Copy)]
-pub struct RequestView<'a> {
+pub(crate) struct RequestView<'a> {
     pub method: &'a Method,
     /// The parsed target (its path is what is routed).
     pub uri: &'a Uri,
@@ -52,7 +52,7 @@ pub struct RequestView<'a> {
 /// A request the core can decide on: its view, and its body when a limit key needs a
 /// `client_id` from it.
 #[async_trait]
-pub trait Request: Send {
+pub(crate) trait Request: Send {
     fn view(&self) -> RequestView<'_>;
 
     /// The whole body, at most `max` bytes (else [`Reject::BodyTooLarge`]). A proxy answers
@@ -61,7 +61,7 @@ pub trait Request: Send {
 }
 
 /// A request held in memory: for the offline front doors and the core's own tests.
-pub struct OfflineRequest {
+pub(crate) struct OfflineRequest {
     pub method: Method,
     pub uri: Uri,
     pub raw_target: Vec<u8>,
@@ -74,7 +74,7 @@ pub struct OfflineRequest {
 impl OfflineRequest {
     /// `target` as a client would send it; `Err` when it is not a URI at all (a proxy would
     /// not have parsed it either).
-    pub fn new(method: Method, target: &str) -> Result<Self, String> {
+    pub(crate) fn new(method: Method, target: &str) -> Result<Self, String> {
         let uri: Uri = target
             .parse()
             .map_err(|e| format!("request target {target:?}: {e}"))?;
@@ -115,7 +115,7 @@ impl Request for OfflineRequest {
 /// What the decision found, whether it forwards or refuses: the proxy forwards with it, logs
 /// it, and adds its rate headers to whatever answer goes out.
 #[derive(Debug)]
-pub struct Admission {
+pub(crate) struct Admission {
     pub route: Option<Arc<Route>>,
     pub principal: Option<Arc<Principal>>,
     /// The path sent upstream, when it differs from the request target's bytes (normalised,
@@ -153,7 +153,7 @@ impl Default for Admission {
 impl Admission {
     /// The identity headers the upstream gets (in this order), when the caller was verified.
     /// Their values were checked to be valid header values when the token was verified.
-    pub fn identity_headers(&self) -> impl Iterator<Item = (&'static str, &str)> {
+    pub(crate) fn identity_headers(&self) -> impl Iterator<Item = (&'static str, &str)> {
         let p = self.principal.as_deref();
         [
             ("x-auth-subject", p.and_then(Principal::sub)),
@@ -167,7 +167,7 @@ impl Admission {
 
 /// Decide on one request: `Ok` = forward with `adm`, `Err` = answer with the rejection. Every
 /// outcome is counted in `metrics` (auth decisions, limiter decisions, rejections).
-pub async fn decide<R: Request, T: Trace + Send>(
+pub(crate) async fn decide<R: Request, T: Trace + Send>(
     snap: &Snapshot,
     metrics: &Metrics,
     req: &mut R,

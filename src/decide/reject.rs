@@ -11,7 +11,7 @@ use crate::auth::AuthError;
 use crate::policy::MissingScopes;
 
 /// The realm in `WWW-Authenticate`.
-pub const REALM: &str = "wetrials";
+pub(crate) const REALM: &str = "wetrials";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Reject {
@@ -186,7 +186,7 @@ impl Reject {
 }
 
 /// `{"error": ..., "error_description": ...}`.
-pub fn json_error(error: &str, description: &str) -> Bytes {
+pub(crate) fn json_error(error: &str, description: &str) -> Bytes {
     let v = serde_json::json!({"error": error, "error_description": description});
     Bytes::from(v.to_string())
 }

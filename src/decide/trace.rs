@@ -5,13 +5,13 @@
 use serde::Serialize;
 
 /// Where the steps of one decision go.
-pub trait Trace {
+pub(crate) trait Trace {
     /// Record one step; `step` is called only by a trace that keeps it.
     fn step(&mut self, step: impl FnOnce() -> Step);
 }
 
 /// No trace: the request path.
-pub struct Off;
+pub(crate) struct Off;
 
 impl Trace for Off {
     #[inline(always)]
@@ -20,7 +20,7 @@ impl Trace for Off {
 
 /// Keeps every step, in order.
 #[derive(Debug, Default, Clone, Serialize)]
-pub struct Recorder {
+pub(crate) struct Recorder {
     pub steps: Vec<Step>,
 }
 
@@ -34,7 +34,7 @@ impl Trace for Recorder {
 /// are what a rule owner debugs).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "step", rename_all = "snake_case")]
-pub enum Step {
+pub(crate) enum Step {
     /// The request target's form (RFC 9112 §3.2): `origin` or `absolute` (with its authority).
     Target {
         form: &'static str,
@@ -76,4 +76,75 @@ pub enum Step {
     },
     /// The end: forwarded (`status` 0) or refused with `status` for `reason`.
     Verdict { status: u16, reason: &'static str },
+}
+
+impl std::fmt::Display for Step {
+    /// One line for people: `route     studies-read`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Step::Target { form, authority } => match authority {
+                Some(a) => write!(f, "target    {form}-form, authority {a}"),
+                None => write!(f, "target    {form}-form"),
+            },
+            Step::Path { raw, routed } if raw == routed => write!(f, "path      {raw}"),
+            Step::Path { raw, routed } => write!(f, "path      {raw} -> {routed} (normalised)"),
+            Step::Route { matched: Some(r) } => write!(f, "route     {r}"),
+            Step::Route { matched: None } => write!(f, "route     none matches"),
+            Step::Tls { https, required } => write!(
+                f,
+                "tls       {} ({})",
+                if *https { "https" } else { "plain http" },
+                if *required {
+                    "route requires https"
+                } else {
+                    "not required"
+                }
+            ),
+            Step::Public => write!(f, "auth      public route: no credentials checked"),
+            Step::Credentials { source } => write!(f, "token     from {source}"),
+            Step::Token {
+                issuer,
+                result: "ok",
+            } => write!(
+                f,
+                "token     valid, issuer {}",
+                issuer.as_deref().unwrap_or("-")
+            ),
+            Step::Token { issuer, result } => write!(
+                f,
+                "token     refused: {result} (issuer {})",
+                issuer.as_deref().unwrap_or("not identified")
+            ),
+            Step::Scopes {
+                required,
+                granted,
+                missing,
+            } => match missing {
+                None => write!(f, "scopes    required {required}; granted {granted:?}: ok"),
+                Some(m) => write!(
+                    f,
+                    "scopes    required {required}; granted {granted:?}: missing ({m})"
+                ),
+            },
+            Step::Client { client_id } => write!(
+                f,
+                "client    {}",
+                client_id.as_deref().unwrap_or("none named")
+            ),
+            Step::Limit {
+                scope,
+                source,
+                key,
+                allowed,
+                limit,
+                remaining,
+            } => write!(
+                f,
+                "limit     {scope}: key {key} (from {source}): {}, {remaining} of {limit} left",
+                if *allowed { "allowed" } else { "refused" }
+            ),
+            Step::Verdict { status: 0, .. } => write!(f, "verdict   forwarded"),
+            Step::Verdict { status, reason } => write!(f, "verdict   {status} ({reason})"),
+        }
+    }
 }

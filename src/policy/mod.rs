@@ -7,7 +7,9 @@ mod path;
 mod routes;
 mod scopes;
 
-pub use keys::{KeySource, LimitGroup};
-pub use path::{has_encoded_separator, normalize_path, PathError};
-pub use routes::{AuthMode, PathTemplate, Route, RouteTable};
-pub use scopes::{MissingScopes, RequiredScopes};
+pub(crate) use keys::{KeySource, LimitGroup};
+// Public for the fuzz targets (`crate::fuzzing`) and the config types.
+pub use path::{has_encoded_separator, normalize_path};
+pub use routes::{AuthMode, RouteTable};
+pub(crate) use routes::{PathTemplate, Route};
+pub(crate) use scopes::{MissingScopes, RequiredScopes};

@@ -56,7 +56,7 @@ const WRITE_TIME: Duration = Duration::from_secs(1);
 
 /// The limits, from `[server]`.
 #[derive(Debug, Clone, PartialEq)]
-pub struct ConnLimits {
+pub(crate) struct ConnLimits {
     pub max_header_bytes: usize,
     pub header_timeout: Duration,
     pub keepalive_timeout: Duration,
@@ -66,7 +66,7 @@ pub struct ConnLimits {
 }
 
 impl ConnLimits {
-    pub fn from_settings(s: &ServerSettings) -> Self {
+    pub(crate) fn from_settings(s: &ServerSettings) -> Self {
         ConnLimits {
             max_header_bytes: s.max_header_bytes,
             header_timeout: s.header_timeout,
@@ -82,13 +82,11 @@ impl ConnLimits {
 
 /// Connection-level metrics, registered once into the registry the admin app serves.
 #[derive(Clone, Debug)]
-pub struct ConnMetrics {
+pub(crate) struct ConnMetrics {
     /// `gateway_connections_open`: downstream connections holding a permit.
     pub open: IntGauge,
-    /// `gateway_connections_refused_total{reason="total"|"per_ip"}`.
-    pub refused: IntCounterVec,
-    /// `gateway_request_heads_refused_total{reason="timeout"|"too_large"}`.
-    pub heads_refused: IntCounterVec,
+    /// `gateway_connections_refused_total{reason="total"|"per_ip"}` and
+    /// `gateway_request_heads_refused_total{reason="timeout"|"too_large"}`, by label.
     refused_total: IntCounter,
     refused_per_ip: IntCounter,
     head_timeout: IntCounter,
@@ -96,7 +94,7 @@ pub struct ConnMetrics {
 }
 
 impl ConnMetrics {
-    pub fn new(registry: &Registry) -> prometheus::Result<Self> {
+    pub(crate) fn new(registry: &Registry) -> prometheus::Result<Self> {
         let open = IntGauge::new(
             "gateway_connections_open",
             "Downstream connections open on the data listener",
@@ -126,8 +124,6 @@ impl ConnMetrics {
             head_timeout: heads_refused.with_label_values(&["timeout"]),
             head_too_large: heads_refused.with_label_values(&["too_large"]),
             open,
-            refused,
-            heads_refused,
         })
     }
 }
@@ -136,7 +132,7 @@ impl ConnMetrics {
 
 /// Why a connection was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Refused {
+pub(crate) enum Refused {
     Total,
     PerIp,
 }
@@ -145,7 +141,7 @@ pub enum Refused {
 const SHARDS: usize = 16;
 
 /// Counts open connections, in total and per client address.
-pub struct ConnCounter {
+pub(crate) struct ConnCounter {
     max_total: usize,
     max_per_ip: usize,
     trusted: Vec<IpNet>,
@@ -156,13 +152,13 @@ pub struct ConnCounter {
 }
 
 /// Held for the life of a connection; gives its place back on drop.
-pub struct Permit {
+pub(crate) struct Permit {
     counter: Arc<ConnCounter>,
     ip: Option<IpAddr>,
 }
 
 impl ConnCounter {
-    pub fn new(limits: &ConnLimits, open: IntGauge) -> Self {
+    pub(crate) fn new(limits: &ConnLimits, open: IntGauge) -> Self {
         ConnCounter {
             max_total: limits.max_connections,
             max_per_ip: limits.max_connections_per_ip,
@@ -181,7 +177,7 @@ impl ConnCounter {
     }
 
     /// A place for a connection from `peer`, or why not.
-    pub fn acquire(self: &Arc<Self>, peer: Option<IpAddr>) -> Result<Permit, Refused> {
+    pub(crate) fn acquire(self: &Arc<Self>, peer: Option<IpAddr>) -> Result<Permit, Refused> {
         if self.total.fetch_add(1, Ordering::AcqRel) >= self.max_total {
             self.total.fetch_sub(1, Ordering::AcqRel);
             return Err(Refused::Total);
@@ -208,7 +204,7 @@ impl ConnCounter {
     }
 
     /// Connections open now.
-    pub fn open(&self) -> usize {
+    pub(crate) fn open(&self) -> usize {
         self.total.load(Ordering::Acquire)
     }
 }
@@ -308,7 +304,7 @@ async fn shutting_down(rx: &mut ShutdownWatch) {
 // ------------------------------------------------------------------------------- the app
 
 /// The data listener's application: limits, then the `HttpProxy` it wraps.
-pub struct ConnApp<A> {
+pub(crate) struct ConnApp<A> {
     inner: Arc<A>,
     limits: ConnLimits,
     counter: Arc<ConnCounter>,
@@ -323,7 +319,7 @@ impl<A> ConnApp<A>
 where
     A: HttpServerApp + ServerApp + Send + Sync + 'static,
 {
-    pub fn new(inner: A, limits: ConnLimits, metrics: ConnMetrics) -> Self {
+    pub(crate) fn new(inner: A, limits: ConnLimits, metrics: ConnMetrics) -> Self {
         let counter = Arc::new(ConnCounter::new(&limits, metrics.open.clone()));
         ConnApp {
             inner: Arc::new(inner),

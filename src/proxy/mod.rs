@@ -5,7 +5,7 @@
 //! forwarding headers; every answer gets the request id and the rate headers.
 
 mod answer;
-pub mod conn;
+pub(crate) mod conn;
 
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -28,7 +28,7 @@ use crate::ratelimit::Decision;
 use crate::state::{SharedState, Snapshot};
 
 /// The proxy: reads the current snapshot, records metrics, writes access logs.
-pub struct Gateway {
+pub(crate) struct Gateway {
     state: SharedState,
     metrics: Arc<Metrics>,
     access_log: bool,
@@ -36,7 +36,12 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    pub fn new(state: SharedState, metrics: Arc<Metrics>, access_log: bool, tls: bool) -> Self {
+    pub(crate) fn new(
+        state: SharedState,
+        metrics: Arc<Metrics>,
+        access_log: bool,
+        tls: bool,
+    ) -> Self {
         Gateway {
             state,
             metrics,
@@ -48,7 +53,7 @@ impl Gateway {
 
 /// How the request ended, for logs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
+pub(crate) enum Outcome {
     Pending,
     Forwarded,
     Rejected(&'static str),
@@ -56,7 +61,7 @@ pub enum Outcome {
 }
 
 /// What one request carries between phases: the decision and the proxying state.
-pub struct RequestCtx {
+pub(crate) struct RequestCtx {
     snap: Arc<Snapshot>,
     start: Instant,
     request_id: String,

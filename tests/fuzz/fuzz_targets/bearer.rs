@@ -4,7 +4,7 @@
 //! characters (no space or tab); a well-formed `Bearer <b64token>` round-trips.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use wetrials_gateway::auth::AuthError;
+use wetrials_gateway::fuzzing::AuthError;
 use wetrials_gateway::fuzzing::{check_chars, from_authorization};
 use wetrials_gateway_fuzz::lines;
 

@@ -10,7 +10,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use libfuzzer_sys::fuzz_target;
 use serde_json::Value;
-use wetrials_gateway::auth::AuthError;
+use wetrials_gateway::fuzzing::AuthError;
 use wetrials_gateway::fuzzing::parse_jws;
 
 fn object(segment: &str) -> Option<serde_json::Map<String, Value>> {
