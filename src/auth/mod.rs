@@ -5,6 +5,7 @@
 //! client repeating its token skips the signature check.
 
 pub(crate) mod bearer;
+pub(crate) mod inspect;
 pub(crate) mod jwks;
 pub(crate) mod jwt;
 
@@ -212,6 +213,11 @@ impl Authenticator {
 
     /// The configured name of the issuer that verified `p` (`-` if `p` is from another snapshot
     /// with more issuers, which the proxy never mixes).
+    /// What `token` says about itself, checked against these issuers (for `explain`).
+    pub(crate) fn inspect(&self, token: &str) -> inspect::TokenFacts {
+        inspect::inspect(token, &self.issuers, (jwt::now_millis() / 1000) as i64)
+    }
+
     pub fn issuer_name(&self, p: &Principal) -> &str {
         self.issuers.get(p.issuer_index).map_or("-", |i| i.name())
     }

@@ -8,7 +8,7 @@ mod routes;
 mod scopes;
 
 pub(crate) use keys::{KeySource, LimitGroup};
-// Public for the fuzz targets (`crate::fuzzing`) and the config types.
+// Public for the fuzz targets (the `fuzzing` re-exports) and the config types.
 pub use path::{has_encoded_separator, normalize_path};
 pub use routes::{AuthMode, RouteTable};
 pub(crate) use routes::{PathTemplate, Route};

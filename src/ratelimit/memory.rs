@@ -96,6 +96,16 @@ impl MemoryStore {
     }
 }
 
+impl MemoryStore {
+    /// What [`MemoryStore::check`] would answer now, recording nothing (a full store answers as
+    /// for a fresh key).
+    pub(crate) fn peek(&self, id: u128, now: u64, limits: &[LimitSpec], bounds: Bounds) -> Decision {
+        self.keys
+            .get_or_remove(id, |log| Some(log.clone().check(now, limits, bounds)))
+            .unwrap_or_else(|| unstored(now, limits, bounds))
+    }
+}
+
 /// The decision for the first request of a key that is not stored (the store was full and the
 /// operator chose fail-open): admitted, with the headers of a fresh key. Nothing is recorded, so
 /// such a key is not limited while the store stays full.
@@ -111,12 +121,14 @@ impl Expiring for Log {
 
 /// The admitted-request times of one (route, client key), oldest first, as `u32` offsets from
 /// `base`, plus the time after which the key is idle and may be dropped.
+#[derive(Clone)]
 pub(crate) struct Log {
     base: u64,
     idle_until: u32,
     stamps: Stamps,
 }
 
+#[derive(Clone)]
 enum Stamps {
     Inline { len: u8, buf: [u32; INLINE] },
     // Boxed on purpose: a thin pointer keeps `Stamps` at 16 bytes (a bare VecDeque is 32), and
@@ -128,6 +140,7 @@ enum Stamps {
 /// its end); counts wrap around `u32` and are read relative to `head`, the cumulative count
 /// before the first stamp kept (the first run may have been partly dropped). A log holds at most
 /// `max_requests` (< 2^32) stamps, so every relative count fits.
+#[derive(Clone)]
 struct Runs {
     runs: VecDeque<(u32, u32)>,
     head: u32,

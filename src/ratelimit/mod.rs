@@ -237,7 +237,7 @@ impl RateLimiter {
         match &self.engine {
             Engine::Memory(store) => self.check_local(store, scope, limits, key, bounds),
             Engine::Redis { remote, fallback } => {
-                match remote.check(scope, limits, key, bounds).await {
+                match remote.check(scope, limits, key, bounds, false).await {
                     Ok(decision) => Ok(decision),
                     Err(e) => {
                         self.metrics.redis_errors.inc();
@@ -251,6 +251,36 @@ impl RateLimiter {
                             }
                         }
                     }
+                }
+            }
+        }
+    }
+
+    /// What [`RateLimiter::check`] would answer now, recording nothing: the remaining quota of
+    /// a key, for `explain`. With Redis unreachable, the in-process fallback answers (fail
+    /// open) or the error is returned (fail closed), as `check` would.
+    pub async fn peek(
+        &self,
+        scope: &str,
+        limits: &[LimitSpec],
+        key: &str,
+    ) -> Result<Decision, RateLimitError> {
+        let bounds = validate(limits)?;
+        let local = |store: &MemoryStore| {
+            let id = self.ids.of((scope, key));
+            store.peek(id, self.clock.now_millis(), limits, bounds)
+        };
+        match &self.engine {
+            Engine::Memory(store) => Ok(local(store)),
+            Engine::Redis { remote, fallback } => {
+                match remote.check(scope, limits, key, bounds, true).await {
+                    Ok(decision) => Ok(decision),
+                    Err(e) => match self.on_error {
+                        OnBackendError::FailOpen => Ok(local(fallback)),
+                        OnBackendError::FailClosed => {
+                            Err(RateLimitError::BackendUnavailable(remote.describe(&e)))
+                        }
+                    },
                 }
             }
         }

@@ -28,7 +28,8 @@ use super::memory::{period_ms, Bounds};
 use super::{Decision, LimitSpec, Observation, RateLimitError, RateLimitMetrics, Verdict};
 
 /// KEYS[1]: the sorted set of admitted requests (score = admission time, ms of Redis's clock).
-/// ARGV[1]: a nonce unique to this call; ARGV[2]: longest period (ms); ARGV[3]: largest
+/// ARGV[1]: a nonce unique to this call, or `peek` to record and remove nothing (the answer a
+/// request would get now, for `explain`); ARGV[2]: longest period (ms); ARGV[3]: largest
 /// `requests`; then `requests`, `period_ms` for each limit.
 /// Returns {allowed (0/1), now, then for each limit: in_window, oldest (-1: none),
 /// free_at (-1: none)}; `in_window` includes this request if admitted.
@@ -39,7 +40,10 @@ local key = KEYS[1]
 local max_period = tonumber(ARGV[2])
 local max_requests = tonumber(ARGV[3])
 local n = (#ARGV - 3) / 2
-redis.call('ZREMRANGEBYSCORE', key, '-inf', now - max_period)
+local peek = ARGV[1] == 'peek'
+if not peek then
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', now - max_period)
+end
 local counts = {}
 local allowed = 1
 for i = 1, n do
@@ -50,7 +54,7 @@ for i = 1, n do
   if c >= requests then allowed = 0 end
 end
 local len = redis.call('ZCARD', key)
-if allowed == 1 then
+if allowed == 1 and not peek then
   redis.call('ZADD', key, now, now .. '-' .. ARGV[1])
   len = len + 1
   if len > max_requests then
@@ -65,7 +69,14 @@ for i = 1, n do
   local c = counts[i] + allowed
   local oldest = -1
   local free = -1
-  if c > 0 then
+  if peek and allowed == 1 then
+    -- not added: the oldest is the oldest already in the window, else this request
+    if counts[i] > 0 then
+      oldest = tonumber(redis.call('ZRANGE', key, len - counts[i], len - counts[i], 'WITHSCORES')[2])
+    else
+      oldest = now
+    end
+  elseif c > 0 then
     oldest = tonumber(redis.call('ZRANGE', key, len - c, len - c, 'WITHSCORES')[2])
   end
   if allowed == 0 and c >= requests then
@@ -221,6 +232,7 @@ impl RedisBackend {
         limits: &[LimitSpec],
         key: &str,
         bounds: Bounds,
+        peek: bool,
     ) -> Result<Decision, BackendError> {
         let now = self.now_ms();
         let Some((slot, ticket)) = self.pick_slot(now) else {
@@ -238,6 +250,7 @@ impl RedisBackend {
                 limits,
                 key,
                 bounds,
+                peek,
             ),
         )
         .await;
@@ -268,14 +281,19 @@ impl RedisBackend {
         limits: &[LimitSpec],
         key: &str,
         bounds: Bounds,
+        peek: bool,
     ) -> Result<Decision, BackendError> {
         let (generation, mut conn) = self.connection(slot, ticket).await?;
         *used_generation = Some(generation);
-        let nonce = format!(
-            "{:016x}{:x}",
-            self.nonce_prefix,
-            self.nonce_counter.fetch_add(1, Ordering::Relaxed)
-        );
+        let nonce = if peek {
+            String::from("peek")
+        } else {
+            format!(
+                "{:016x}{:x}",
+                self.nonce_prefix,
+                self.nonce_counter.fetch_add(1, Ordering::Relaxed)
+            )
+        };
         let mut invocation = self.script.key(self.redis_key(scope, key));
         invocation
             .arg(nonce)

@@ -818,3 +818,42 @@ async fn redis_unreachable_error_hides_password() {
         other => panic!("{other:?}"),
     }
 }
+
+// ---------------------------------------------------------------- peek: look without counting
+
+/// Peeks answer what the next request would get, and never count: after any number of them
+/// the key still admits exactly its limit.
+async fn assert_peek_counts_nothing(l: &RateLimiter) {
+    let limits = [spec(3, 60_000)];
+    let p = l.peek("route", &limits, "sub:p").await.expect("peek");
+    assert!(p.allowed);
+    assert_eq!((p.limit, p.remaining), (3, 2), "as if it were the first");
+    for _ in 0..10 {
+        assert!(l.peek("route", &limits, "sub:p").await.unwrap().allowed);
+    }
+    for i in 0..3u32 {
+        let d = decide(l, &limits, "sub:p").await;
+        assert!(d.allowed, "request {i} after the peeks");
+        let p = l.peek("route", &limits, "sub:p").await.unwrap();
+        assert_eq!(p.allowed, i < 2, "peek after request {i}");
+        assert_eq!(p.remaining, 1u32.saturating_sub(i));
+    }
+    let p = l.peek("route", &limits, "sub:p").await.unwrap();
+    assert!(!p.allowed && p.retry_after.is_some());
+    assert!(!decide(l, &limits, "sub:p").await.allowed);
+}
+
+#[tokio::test]
+async fn memory_peek_answers_like_check_and_counts_nothing() {
+    let clock = Arc::new(ManualClock::new(1_000));
+    let (l, _) = memory_limiter(&clock);
+    assert_peek_counts_nothing(&l).await;
+}
+
+#[tokio::test]
+async fn redis_peek_answers_like_check_and_counts_nothing() {
+    let redis = RedisServer::start();
+    let (l, m) = redis_limiter(&redis.url(), OnBackendError::FailClosed, 1_000);
+    assert_peek_counts_nothing(&l).await;
+    assert_eq!(m.redis_errors.get(), 0);
+}
