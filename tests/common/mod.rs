@@ -24,6 +24,8 @@
 //! | `tokens.rs`       | `token`, `compose`, `hs256`, `patch`, `jwk_of`, base64url        |
 //! | `metrics.rs`      | `metric_value`, `metric_names_in`                                |
 //! | `redis_server.rs` | `RedisServer`, `PausedRedis`                                     |
+//! | `ops.rs`          | `ops_config` and the other fixtures of the operations tests      |
+//! | `load.rs`         | `spawn_load`, `Load`: traffic that must see zero failures        |
 //!
 //! Used by several test binaries, each with a different subset: hence `allow(dead_code)`.
 #![allow(dead_code, unused_imports)]
@@ -31,7 +33,9 @@
 mod config;
 mod gateway;
 mod http;
+mod load;
 mod metrics;
+mod ops;
 mod peers;
 mod ports;
 mod raw;
@@ -41,7 +45,9 @@ mod tokens;
 pub use self::config::*;
 pub use self::gateway::*;
 pub use self::http::*;
+pub use self::load::*;
 pub use self::metrics::*;
+pub use self::ops::*;
 pub use self::peers::*;
 pub use self::ports::*;
 pub use self::raw::*;
