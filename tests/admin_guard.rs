@@ -1,7 +1,7 @@
 //! The admin listener answers only requests that name it in `Host`, never a browser page
 //! (`Origin`, `Sec-Fetch-Site`), and with `[admin] token` set only its holders, the probes
-//! excepted (issue 9, item 10: DNS rebinding and cross-site POSTs could reload the config and
-//! read the metrics).
+//! excepted (otherwise DNS rebinding and cross-site POSTs could reload the config and read the
+//! metrics).
 
 mod common;
 

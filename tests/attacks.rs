@@ -1,6 +1,6 @@
-//! Issue 9's findings, replayed against the real binary: each test sends what an attacker
-//! sent and checks that the gateway and the upstream can no longer read the request
-//! differently. Where the finding depended on how an upstream decodes, a real decoding stack
+//! Attacks on the request path, replayed against the real binary: each test sends what an
+//! attacker would send and checks that the gateway and the upstream cannot read the request
+//! differently. Where an attack depends on how an upstream decodes, a real decoding stack
 //! stands behind the gateway: Python's wsgiref (percent-decodes PATH_INFO, maps `_` in header
 //! names to the same variable as `-`) and Node's http (hands the raw request target to the app).
 //!

@@ -1,4 +1,4 @@
-//! Claims turned into headers (issue 9, item 9): `sub`, `client_id`/`azp`, `scope`/`scp` reach
+//! Claims turned into headers: `sub`, `client_id`/`azp`, `scope`/`scp` reach
 //! the upstream as `X-Auth-Subject`, `X-Auth-Client-Id`, `X-Auth-Scopes` exactly as the token
 //! says, or the token is refused with 401 `invalid_token` and a fixed description, and nothing
 //! reaches the upstream. Never trimmed, split, re-decoded or silently dropped.

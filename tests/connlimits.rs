@@ -1,4 +1,4 @@
-//! Connection limits of the data listener (issue 9 item 3), over raw loopback sockets against
+//! Connection limits of the data listener, over raw loopback sockets against
 //! the real binary: the request-head deadline (never-speaking and slowloris clients), the idle
 //! keep-alive timeout, the head size limit (431), the total and per-address connection caps
 //! (503) with their metrics; and that ordinary keep-alive, pipelined, POST and h2c traffic

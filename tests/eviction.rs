@@ -1,11 +1,12 @@
-//! Issue 9 item 7 end to end: a full in-process limiter store never forgets a live key.
+//! A full in-process limiter store never forgets a live key, end to end.
 //!
 //! With `[rate_limit] memory_max_keys = 2000` and a route limited to 5/min keyed by a header, a
 //! key driven to its limit stays limited while 2,800 other keys are sprayed at the gateway: a
 //! new key that finds the store full of live keys is decided by `on_backend_error`
 //! (`fail_closed`: 503 `temporarily_unavailable`, never forwarded; `fail_open`: admitted without
-//! being stored) and counted in `gateway_ratelimit_store_full_total{route}`. Before the fix the
-//! spray evicted the limited key and it got 5 more requests through.
+//! being stored) and counted in `gateway_ratelimit_store_full_total{route}`. A store that evicted
+//! to make room would let the spray push the limited key out, and it would get 5 more requests
+//! through.
 
 mod common;
 
