@@ -1,5 +1,5 @@
-//! The `wetrials-gateway` binary: serve a config, `check` one, `test` its route table, or run
-//! the `demo`.
+//! The `wetrials-gateway` binary: serve a config, `check` one, `test` its route table,
+//! `explain` a request, or run the `demo`.
 
 #![forbid(unsafe_code)]
 
@@ -43,6 +43,39 @@ enum Command {
         format: TestFormat,
         #[arg(value_name = "CASES", required = true)]
         cases: Vec<PathBuf>,
+    },
+    /// Explain what the gateway would do with one request, step by step, with the proxy's own
+    /// decision code. The token is read from --token-file or stdin (never from the command
+    /// line, which `ps` shows). Exit 0: forwarded; 1: refused; 2: could not explain.
+    Explain {
+        #[arg(long, short = 'c', value_name = "FILE")]
+        config: PathBuf,
+        #[arg(long, default_value = "GET")]
+        method: String,
+        /// The request target, e.g. /v1/studies/42?x=1.
+        #[arg(long)]
+        path: String,
+        /// A request header, `Name: value`; repeat for more.
+        #[arg(long = "header", short = 'H', value_name = "NAME: VALUE")]
+        headers: Vec<String>,
+        /// File holding the bearer token (else stdin, when it is not a terminal).
+        #[arg(long, value_name = "FILE")]
+        token_file: Option<PathBuf>,
+        /// Use this JWKS document as every issuer's keys instead of fetching them.
+        #[arg(long, value_name = "FILE")]
+        jwks_file: Option<PathBuf>,
+        /// The request body (a public route's client_id may be read from it).
+        #[arg(long)]
+        body: Option<String>,
+        /// The request arrived over HTTPS.
+        #[arg(long)]
+        tls: bool,
+        /// The client's address (default 127.0.0.1).
+        #[arg(long)]
+        peer: Option<std::net::IpAddr>,
+        /// JSON for machines.
+        #[arg(long)]
+        json: bool,
     },
     /// Run a local issuer, an echo upstream and the gateway; print curl commands to try.
     Demo {
@@ -94,6 +127,31 @@ fn main() -> ExitCode {
             };
             ExitCode::from(wetrials_gateway::rules::run(&config, &cases, format))
         }
+        Some(Command::Explain {
+            config,
+            method,
+            path,
+            headers,
+            token_file,
+            jwks_file,
+            body,
+            tls,
+            peer,
+            json,
+        }) => ExitCode::from(wetrials_gateway::rules::explain_cli(
+            wetrials_gateway::rules::ExplainArgs {
+                config,
+                method,
+                path,
+                headers,
+                token_file,
+                jwks_file,
+                body,
+                tls,
+                peer,
+                json,
+            },
+        )),
         Some(Command::Demo {
             listen,
             admin_listen,

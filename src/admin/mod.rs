@@ -1,6 +1,7 @@
 //! The side listener for operators: `GET /healthz` (the process runs), `GET /readyz` (every
-//! issuer has keys: 503 until then), `GET /metrics` (Prometheus text) and `POST /reload`
-//! (re-read the config file, as SIGHUP does). `guard` decides first who may ask: only
+//! issuer has keys: 503 until then), `GET /metrics` (Prometheus text), `POST /reload`
+//! (re-read the config file, as SIGHUP does) and `POST /explain` (what the gateway would do
+//! with a request, step by step, without counting or forwarding it). `guard` decides first who may ask: only
 //! requests naming this listener in `Host`, never a browser page, and with `[admin] token`
 //! set, only its holders (the probes excepted). Its settings follow reloads.
 
@@ -16,7 +17,50 @@ use pingora::protocols::http::ServerSession;
 use crate::metrics::Metrics;
 
 use crate::reload::Reloader;
+use crate::rules::explain::{explain, ExplainInput};
 use crate::state::SharedState;
+
+/// The largest `POST /explain` body read.
+const MAX_EXPLAIN_BODY: usize = 256 * 1024;
+
+/// `POST /explain`'s body: the request to explain.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ExplainBody {
+    #[serde(default = "get")]
+    method: String,
+    path: String,
+    #[serde(default)]
+    headers: std::collections::BTreeMap<String, OneOrMany>,
+    /// Sent as `Authorization: Bearer …` unless `headers` has an Authorization.
+    #[serde(default)]
+    token: Option<String>,
+    #[serde(default)]
+    body: Option<String>,
+    #[serde(default)]
+    tls: bool,
+    /// The client address; default: the address of the caller of `/explain`.
+    #[serde(default)]
+    peer: Option<std::net::IpAddr>,
+}
+
+fn get() -> String {
+    "GET".into()
+}
+
+#[derive(serde::Deserialize)]
+#[serde(untagged)]
+enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+fn bad_request(description: &str) -> Response<Vec<u8>> {
+    json(
+        StatusCode::BAD_REQUEST,
+        serde_json::json!({"error": "invalid_request", "error_description": description}),
+    )
+}
 
 pub(crate) struct AdminApp {
     state: SharedState,
@@ -51,6 +95,75 @@ impl AdminApp {
             self.ready_latch.store(true, Ordering::Release);
         }
         now
+    }
+}
+
+impl AdminApp {
+    /// `POST /explain`: the live decision for the request described in the JSON body, with
+    /// the live keys and the live limiter state; nothing is counted, nothing is forwarded.
+    async fn explain(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        let mut raw = Vec::new();
+        loop {
+            match session.read_request_body().await {
+                Ok(Some(chunk)) if raw.len() + chunk.len() <= MAX_EXPLAIN_BODY => {
+                    raw.extend_from_slice(&chunk)
+                }
+                Ok(Some(_)) => return bad_request("body larger than 256 KiB"),
+                Ok(None) => break,
+                Err(_) => return bad_request("the body could not be read"),
+            }
+        }
+        let body: ExplainBody = match serde_json::from_slice(&raw) {
+            Ok(b) => b,
+            // serde's message names the field and the expected type; never a value.
+            Err(e) => return bad_request(&format!("body: {}", describe_json_error(&e))),
+        };
+        let peer = body.peer.or_else(|| {
+            session
+                .client_addr()
+                .and_then(|a| a.as_inet())
+                .map(|a| a.ip())
+        });
+        let input = ExplainInput {
+            method: body.method,
+            target: body.path,
+            headers: body
+                .headers
+                .into_iter()
+                .flat_map(|(n, v)| match v {
+                    OneOrMany::One(v) => vec![(n, v)],
+                    OneOrMany::Many(vs) => vs.into_iter().map(|v| (n.clone(), v)).collect(),
+                })
+                .collect(),
+            token: body.token,
+            body: body.body.unwrap_or_default().into_bytes(),
+            tls: body.tls,
+            peer: peer.unwrap_or(std::net::IpAddr::from([127, 0, 0, 1])),
+        };
+        let snap = self.state.load_full();
+        match explain(&snap, &self.metrics, &input).await {
+            Ok(e) => match serde_json::to_value(&e) {
+                Ok(v) => json(StatusCode::OK, v),
+                Err(_) => json(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    serde_json::json!({"error": "server_error", "error_description": "the explanation could not be encoded"}),
+                ),
+            },
+            Err(msg) => bad_request(&msg),
+        }
+    }
+}
+
+/// A JSON error without the input's text (it may hold a token).
+fn describe_json_error(e: &serde_json::Error) -> String {
+    let msg = e.to_string();
+    // serde_json quotes offending string values as `invalid value: string "…"`; keep only the
+    // part before any quoted value.
+    match msg.find(" \"") {
+        Some(i) if matches!(e.classify(), serde_json::error::Category::Data) => {
+            format!("{} (line {}, column {})", &msg[..i], e.line(), e.column())
+        }
+        _ => msg,
     }
 }
 
@@ -169,13 +282,14 @@ impl ServeHttp for AdminApp {
                     ),
                 },
             },
-            (_, "/healthz" | "/readyz" | "/metrics" | "/reload") => json(
+            (Method::POST, "/explain") => self.explain(session).await,
+            (_, "/healthz" | "/readyz" | "/metrics" | "/reload" | "/explain") => json(
                 StatusCode::METHOD_NOT_ALLOWED,
                 serde_json::json!({"error": "method_not_allowed", "error_description": "method not allowed"}),
             ),
             _ => json(
                 StatusCode::NOT_FOUND,
-                serde_json::json!({"error": "not_found", "error_description": "admin endpoints: /healthz /readyz /metrics /reload"}),
+                serde_json::json!({"error": "not_found", "error_description": "admin endpoints: /healthz /readyz /metrics /reload /explain"}),
             ),
         }
     }

@@ -105,9 +105,10 @@ pub(crate) fn inspect(token: &str, issuers: &[Arc<Issuer>], now: i64) -> TokenFa
         let held: Vec<&str> = keys.keys.iter().filter_map(|k| k.kid.as_deref()).collect();
         match (&kid, i.is_ready()) {
             (_, false) => lines.push(format!("key       {} has no keys loaded yet", i.name())),
-            (Some(kid), true) if held.contains(&kid.as_str()) => {
-                lines.push(format!("key       kid {kid:?} is in {}'s key set", i.name()))
-            }
+            (Some(kid), true) if held.contains(&kid.as_str()) => lines.push(format!(
+                "key       kid {kid:?} is in {}'s key set",
+                i.name()
+            )),
             (Some(kid), true) => lines.push(format!(
                 "key       kid {kid:?} is not in {}'s key set ({}); the gateway refetches the \
                  key set once per cooldown before refusing",
@@ -157,11 +158,7 @@ pub(crate) fn inspect(token: &str, issuers: &[Arc<Issuer>], now: i64) -> TokenFa
         lines.push(format!(
             "aud       {:?}: {} ({} accepts {:?})",
             auds,
-            if accepted {
-                "accepted"
-            } else {
-                "not accepted"
-            },
+            if accepted { "accepted" } else { "not accepted" },
             i.name(),
             i.cfg.audiences
         ));

@@ -72,12 +72,11 @@ pub(crate) struct OfflineRequest {
 }
 
 impl OfflineRequest {
-    /// `target` as a client would send it; `Err` when it is not a URI at all (a proxy would
-    /// not have parsed it either).
+    /// `target` as a client would send it. A target that is not a URI at all is kept as raw
+    /// bytes with `/` as its parsed path (as pingora leaves such a target), so the core
+    /// refuses it as the proxy would.
     pub(crate) fn new(method: Method, target: &str) -> Result<Self, String> {
-        let uri: Uri = target
-            .parse()
-            .map_err(|e| format!("request target {target:?}: {e}"))?;
+        let uri: Uri = target.parse().unwrap_or_else(|_| Uri::from_static("/"));
         Ok(OfflineRequest {
             method,
             uri,
@@ -165,16 +164,26 @@ impl Admission {
     }
 }
 
-/// Decide on one request: `Ok` = forward with `adm`, `Err` = answer with the rejection. Every
-/// outcome is counted in `metrics` (auth decisions, limiter decisions, rejections).
+/// Whether a decision leaves traces: the proxy's and the route-table tests' count (limits
+/// are consumed, metrics move); `explain`'s only look (limits are peeked, no metric moves).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Effects {
+    Count,
+    LookOnly,
+}
+
+/// Decide on one request: `Ok` = forward with `adm`, `Err` = answer with the rejection. With
+/// [`Effects::Count`] every outcome is counted in `metrics` (auth decisions, limiter
+/// decisions, rejections) and the request is counted against its limits.
 pub(crate) async fn decide<R: Request, T: Trace + Send>(
     snap: &Snapshot,
     metrics: &Metrics,
     req: &mut R,
     adm: &mut Admission,
     trace: &mut T,
+    effects: Effects,
 ) -> Result<(), Reject> {
-    let result = admit(snap, metrics, req, adm, trace).await;
+    let result = admit(snap, metrics, req, adm, trace, effects).await;
     match &result {
         Ok(()) => trace.step(|| Step::Verdict {
             status: 0,
@@ -182,10 +191,12 @@ pub(crate) async fn decide<R: Request, T: Trace + Send>(
         }),
         Err(reject) => {
             let route = adm.route.as_ref().map_or("_none", |r| r.name.as_str());
-            metrics
-                .rejections
-                .with_label_values(&[route, reject.reason()])
-                .inc();
+            if effects == Effects::Count {
+                metrics
+                    .rejections
+                    .with_label_values(&[route, reject.reason()])
+                    .inc();
+            }
             trace.step(|| Step::Verdict {
                 status: reject.status(),
                 reason: reject.reason(),
@@ -205,7 +216,9 @@ async fn admit<R: Request, T: Trace + Send>(
     req: &mut R,
     adm: &mut Admission,
     trace: &mut T,
+    effects: Effects,
 ) -> Result<(), Reject> {
+    let count = effects == Effects::Count;
     let route = {
         let v = req.view();
         let trusted = &snap.config.server.trusted_proxies;
@@ -245,6 +258,19 @@ async fn admit<R: Request, T: Trace + Send>(
             routed: path.to_string(),
         });
         let route = snap.routes.find(v.method, &path).cloned();
+        if trace.records() {
+            // Why each route before the match (or every route, when none matched) did not.
+            for r in snap.routes.iter() {
+                if route.as_ref().is_some_and(|m| Arc::ptr_eq(m, r)) {
+                    break;
+                }
+                let why = r.mismatch(v.method, &path);
+                trace.step(|| Step::RouteTried {
+                    route: r.name.clone(),
+                    why,
+                });
+            }
+        }
         trace.step(|| Step::Route {
             matched: route.as_ref().map(|r| r.name.clone()),
         });
@@ -289,7 +315,9 @@ async fn admit<R: Request, T: Trace + Send>(
                     .and_then(|i| snap.auth.issuers().get(i))
                     .map(|i| i.name())
                     .unwrap_or("_unknown");
-                metrics.auth(issuer, e.reason());
+                if count {
+                    metrics.auth(issuer, e.reason());
+                }
                 trace.step(|| Step::Token {
                     issuer: seen.map(|_| issuer.to_string()),
                     result: e.reason(),
@@ -310,12 +338,14 @@ async fn admit<R: Request, T: Trace + Send>(
             missing: checked.as_ref().err().map(|m| m.0.clone()),
         });
         if let Err(missing) = checked {
-            metrics.auth(snap.auth.issuer_name(&principal), "insufficient_scope");
+            if count {
+                metrics.auth(snap.auth.issuer_name(&principal), "insufficient_scope");
+            }
             adm.auth_result = "insufficient_scope";
             adm.principal = Some(principal);
             return Err(Reject::Scope(missing));
         }
-        if let Some(ok) = snap.auth_ok.get(principal.issuer_index) {
+        if let Some(ok) = snap.auth_ok.get(principal.issuer_index).filter(|_| count) {
             ok.inc();
         }
         adm.auth_result = "ok";
@@ -329,10 +359,18 @@ async fn admit<R: Request, T: Trace + Send>(
     // order, so a refusal by a later group leaves the earlier groups' slots used.
     for (scope, group) in &route.limits {
         let (key, source) = limit_key(snap, req, adm, &route, &group.key, trace).await?;
-        match snap.limiter.check(scope, &group.limits, &key).await {
+        let decision = match effects {
+            Effects::Count => snap.limiter.check(scope, &group.limits, &key).await,
+            Effects::LookOnly => snap.limiter.peek(scope, &group.limits, &key).await,
+        };
+        match decision {
             Ok(decision) => {
                 let allowed = decision.allowed;
-                if let Some(d) = &snap.route_metrics[route.index].decisions {
+                if let Some(d) = snap.route_metrics[route.index]
+                    .decisions
+                    .as_ref()
+                    .filter(|_| count)
+                {
                     if allowed {
                         d.allowed.inc();
                     } else {
@@ -363,7 +401,11 @@ async fn admit<R: Request, T: Trace + Send>(
                 }
             }
             Err(e) => {
-                if let Some(d) = &snap.route_metrics[route.index].decisions {
+                if let Some(d) = snap.route_metrics[route.index]
+                    .decisions
+                    .as_ref()
+                    .filter(|_| count)
+                {
                     d.error.inc();
                 }
                 warn!(route = %route.name, error = %e, "rate limiter unavailable; failing closed");

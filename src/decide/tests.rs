@@ -140,7 +140,15 @@ impl Core {
     async fn run(&self, req: &mut OfflineRequest) -> (Result<(), Reject>, Admission, Recorder) {
         let mut adm = Admission::default();
         let mut trace = Recorder::default();
-        let verdict = decide(&self.snap, &self.metrics, req, &mut adm, &mut trace).await;
+        let verdict = decide(
+            &self.snap,
+            &self.metrics,
+            req,
+            &mut adm,
+            &mut trace,
+            Effects::Count,
+        )
+        .await;
         (verdict, adm, trace)
     }
 
@@ -254,6 +262,7 @@ async fn the_proxy_path_and_a_recorded_trace_decide_alike() {
             &mut bearer(get(target), &token),
             &mut adm,
             &mut Off,
+            Effects::Count,
         )
         .await;
         let recorded = core.verdict(&mut bearer(get(target), &token)).await;

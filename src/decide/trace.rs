@@ -8,6 +8,9 @@ use serde::Serialize;
 pub(crate) trait Trace {
     /// Record one step; `step` is called only by a trace that keeps it.
     fn step(&mut self, step: impl FnOnce() -> Step);
+
+    /// Whether steps are kept: guards the loops that only a trace needs.
+    fn records(&self) -> bool;
 }
 
 /// No trace: the request path.
@@ -16,6 +19,11 @@ pub(crate) struct Off;
 impl Trace for Off {
     #[inline(always)]
     fn step(&mut self, _: impl FnOnce() -> Step) {}
+
+    #[inline(always)]
+    fn records(&self) -> bool {
+        false
+    }
 }
 
 /// Keeps every step, in order.
@@ -27,6 +35,10 @@ pub(crate) struct Recorder {
 impl Trace for Recorder {
     fn step(&mut self, step: impl FnOnce() -> Step) {
         self.steps.push(step());
+    }
+
+    fn records(&self) -> bool {
+        true
     }
 }
 
@@ -42,6 +54,8 @@ pub(crate) enum Step {
     },
     /// The path as received and as routed (after normalisation).
     Path { raw: String, routed: String },
+    /// A route tried before the one that matched (or when none did), and why it did not.
+    RouteTried { route: String, why: String },
     /// The route that matched, or `None`.
     Route { matched: Option<String> },
     /// Whether the request arrived over TLS and whether the route requires it.
@@ -88,6 +102,7 @@ impl std::fmt::Display for Step {
             },
             Step::Path { raw, routed } if raw == routed => write!(f, "path      {raw}"),
             Step::Path { raw, routed } => write!(f, "path      {raw} -> {routed} (normalised)"),
+            Step::RouteTried { route, why } => write!(f, "route     not {route}: {why}"),
             Step::Route { matched: Some(r) } => write!(f, "route     {r}"),
             Step::Route { matched: None } => write!(f, "route     none matches"),
             Step::Tls { https, required } => write!(
@@ -101,6 +116,7 @@ impl std::fmt::Display for Step {
                 }
             ),
             Step::Public => write!(f, "auth      public route: no credentials checked"),
+            Step::Credentials { source: "none" } => write!(f, "token     none sent"),
             Step::Credentials { source } => write!(f, "token     from {source}"),
             Step::Token {
                 issuer,

@@ -131,6 +131,19 @@ impl Route {
     fn allows(&self, method: &Method) -> bool {
         self.methods.as_ref().is_none_or(|ms| ms.contains(method))
     }
+
+    /// Why this route does not take `method` `path` (for `explain`); empty when it does.
+    pub(crate) fn mismatch(&self, method: &Method, path: &str) -> String {
+        let mut why = Vec::new();
+        if !self.allows(method) {
+            let listed: Vec<&str> = self.methods.iter().flatten().map(Method::as_str).collect();
+            why.push(format!("method {method} not in [{}]", listed.join(", ")));
+        }
+        if !self.path.matches(path) {
+            why.push(format!("path does not match {}", self.path.as_str()));
+        }
+        why.join("; ")
+    }
 }
 
 /// Routes in file order.

@@ -350,6 +350,7 @@ impl ProxyHttp for Gateway {
             &mut req,
             &mut ctx.adm,
             &mut decide::Off,
+            decide::Effects::Count,
         )
         .await;
         match verdict {

@@ -99,7 +99,13 @@ impl MemoryStore {
 impl MemoryStore {
     /// What [`MemoryStore::check`] would answer now, recording nothing (a full store answers as
     /// for a fresh key).
-    pub(crate) fn peek(&self, id: u128, now: u64, limits: &[LimitSpec], bounds: Bounds) -> Decision {
+    pub(crate) fn peek(
+        &self,
+        id: u128,
+        now: u64,
+        limits: &[LimitSpec],
+        bounds: Bounds,
+    ) -> Decision {
         self.keys
             .get_or_remove(id, |log| Some(log.clone().check(now, limits, bounds)))
             .unwrap_or_else(|| unstored(now, limits, bounds))

@@ -6,6 +6,7 @@
 //! that cases move with `at = "+61s"`.
 
 mod cases;
+pub(crate) mod explain;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -86,8 +87,145 @@ pub fn run(config: &Path, files: &[PathBuf], format: Format) -> u8 {
         Format::Text => text_report(&all, &results),
         Format::Junit => junit_report(&all, &results),
     };
-    print!("{text}");
+    write_out(&text);
     u8::from(failed > 0)
+}
+
+/// Standard output, where a closed pipe (`| head`) is not an error worth a panic.
+fn write_out(text: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
+}
+
+/// `wetrials-gateway explain`'s arguments.
+pub struct ExplainArgs {
+    pub config: PathBuf,
+    pub method: String,
+    pub path: String,
+    /// `Name: value` each.
+    pub headers: Vec<String>,
+    /// The token, else stdin when it is not a terminal, else no token.
+    pub token_file: Option<PathBuf>,
+    /// A JWKS document installed as every issuer's keys, instead of fetching them.
+    pub jwks_file: Option<PathBuf>,
+    pub body: Option<String>,
+    pub tls: bool,
+    pub peer: Option<std::net::IpAddr>,
+    pub json: bool,
+}
+
+/// `explain`: exit 0 when the request would be forwarded, 1 when it would be refused, 2 when
+/// it could not be explained (bad config, unreadable token file, malformed arguments).
+pub fn explain_cli(a: ExplainArgs) -> u8 {
+    use std::io::{IsTerminal, Read};
+    let cfg = match crate::config::load(&a.config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{}: invalid", a.config.display());
+            for p in e.problems() {
+                eprintln!("  - {p}");
+            }
+            return 2;
+        }
+    };
+    let token = match &a.token_file {
+        Some(f) => match std::fs::read_to_string(f) {
+            Ok(t) => Some(t.trim().to_string()),
+            Err(e) => {
+                eprintln!("{}: cannot read the token: {}", f.display(), e.kind());
+                return 2;
+            }
+        },
+        None if !std::io::stdin().is_terminal() => {
+            let mut t = String::new();
+            match std::io::stdin().read_to_string(&mut t) {
+                Ok(_) => Some(t.trim().to_string()).filter(|t| !t.is_empty()),
+                Err(e) => {
+                    eprintln!("cannot read the token from stdin: {}", e.kind());
+                    return 2;
+                }
+            }
+        }
+        None => None,
+    };
+    let mut headers = Vec::new();
+    for h in &a.headers {
+        match h.split_once(':') {
+            Some((n, v)) if !n.trim().is_empty() => {
+                headers.push((n.trim().to_string(), v.trim().to_string()))
+            }
+            _ => {
+                eprintln!("--header {h:?}: expected \"Name: value\"");
+                return 2;
+            }
+        }
+    }
+    let jwks = match &a.jwks_file {
+        Some(f) => match std::fs::read(f) {
+            Ok(d) => Some(d),
+            Err(e) => {
+                eprintln!("{}: cannot read: {e}", f.display());
+                return 2;
+            }
+        },
+        None => None,
+    };
+    let input = explain::ExplainInput {
+        method: a.method.clone(),
+        target: a.path.clone(),
+        headers,
+        token,
+        body: a.body.clone().unwrap_or_default().into_bytes(),
+        tls: a.tls,
+        peer: a.peer.unwrap_or(std::net::IpAddr::from([127, 0, 0, 1])),
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            return 2;
+        }
+    };
+    let result = runtime.block_on(async {
+        let metrics = Arc::new(Metrics::new().map_err(|e| e.to_string())?);
+        let snap = Snapshot::offline(cfg, &metrics, Arc::new(ManualClock::new(0)))
+            .map_err(|e| e.to_string())?;
+        let http = reqwest::Client::new();
+        for issuer in snap.auth.issuers() {
+            let loaded = match &jwks {
+                Some(doc) => issuer.install_jwks(doc).map(|_| ()),
+                None => issuer.refresh_using(&http).await.map(|_| ()),
+            };
+            if let Err(e) = loaded {
+                eprintln!("issuer {}: no keys ({e})", issuer.name());
+            }
+        }
+        explain::explain(&snap, &metrics, &input).await
+    });
+    let e = match result {
+        Ok(e) => e,
+        Err(msg) => {
+            eprintln!("cannot explain: {msg}");
+            return 2;
+        }
+    };
+    let text = if a.json {
+        match serde_json::to_string_pretty(&e) {
+            Ok(j) => j + "\n",
+            Err(err) => {
+                eprintln!("cannot print: {err}");
+                return 2;
+            }
+        }
+    } else {
+        e.lines.join("\n") + "\n"
+    };
+    write_out(&text);
+    u8::from(!e.forwarded)
 }
 
 /// What one case got, and what differed from its expectations.
@@ -231,7 +369,15 @@ async fn run_case(snap: &Snapshot, metrics: &Metrics, keys: &Keys, case: &Case) 
         };
         let mut adm = Admission::default();
         let mut trace = Recorder::default();
-        let verdict = decide::decide(snap, metrics, &mut req, &mut adm, &mut trace).await;
+        let verdict = decide::decide(
+            snap,
+            metrics,
+            &mut req,
+            &mut adm,
+            &mut trace,
+            decide::Effects::Count,
+        )
+        .await;
         last = Some((verdict, adm, trace));
     }
     let Some((verdict, adm, trace)) = last else {
