@@ -9,7 +9,8 @@ CARGO ?= cargo
 
 # Debian packages the build and the tests need: cmake (pingora's libz-ng-sys), redis-server
 # (shared rate-limit tests), promtool from `prometheus` (metrics and alert-rule checks),
-# python3 and nodejs (real upstream stacks that decode requests differently: tests/attacks.rs).
+# python3 and nodejs (real upstream stacks that decode requests differently: tests/attacks.rs),
+# chromium (the admin console, rendered in a real headless browser: tests/console.rs).
 deps:
 	@missing=""; \
 	command -v cmake >/dev/null 2>&1 || missing="$$missing cmake"; \
@@ -18,6 +19,7 @@ deps:
 	command -v promtool >/dev/null 2>&1 || missing="$$missing prometheus"; \
 	command -v python3 >/dev/null 2>&1 || missing="$$missing python3"; \
 	command -v node >/dev/null 2>&1 || missing="$$missing nodejs"; \
+	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing:$$missing"; \
 		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get update -qq && \

@@ -203,11 +203,15 @@ async fn admin_requests_from_browsers_are_refused_403() {
         .body("x");
     let r = send(form).await;
     assert_json_error(&r, 403, "forbidden");
+    // Pages of other origins (another port of the same host is another origin, and the
+    // same site): refused. Only the admin console's own page (same origin) may call.
+    let other_port = format!("http://127.0.0.1:{}", gw.addr().port());
     for (name, value) in [
         ("origin", "http://evil.example"),
         ("origin", "null"),
+        ("origin", other_port.as_str()),
         ("sec-fetch-site", "cross-site"),
-        ("sec-fetch-site", "same-origin"),
+        ("sec-fetch-site", "same-site"),
     ] {
         let r = send(c.get(gw.admin_url("/metrics")).header(name, value)).await;
         let body = assert_json_error(&r, 403, "forbidden");
@@ -215,6 +219,14 @@ async fn admin_requests_from_browsers_are_refused_403() {
         let r = send(c.post(gw.admin_url("/reload")).header(name, value)).await;
         assert_json_error(&r, 403, "forbidden");
     }
+    // The console's own fetch: same origin.
+    let r = send(
+        c.get(gw.admin_url("/metrics"))
+            .header("origin", format!("http://{}", gw.admin_addr()))
+            .header("sec-fetch-site", "same-origin"),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.describe());
     // Typed into the address bar: Sec-Fetch-Site none, no Origin.
     let r = send(
         c.get(gw.admin_url("/metrics"))

@@ -5,9 +5,13 @@
 //!    `[admin] allowed_hosts` entry. A page that rebinds its own DNS name to the gateway
 //!    still sends its own name, so DNS rebinding ends here (421). HTTP/1.1 without `Host`, or
 //!    with two, is 400 (RFC 9112 §3.2).
-//! 2. No `Origin`, and `Sec-Fetch-Site` absent or `none`: browsers send these on every
-//!    cross-site POST (and `fetch`), Prometheus, kubelet probes and curl never do (403).
-//! 3. With `[admin] token` set, every endpoint but the `/healthz` and `/readyz` probes needs
+//! 2. No page of another origin: `Sec-Fetch-Site` absent, `none` (typed in the address bar)
+//!    or `same-origin` (the admin console's own requests), and `Origin`, when present, exactly
+//!    this listener's origin (`http://` + the `Host` just checked). Browsers send these on
+//!    every cross-site POST and `fetch` and a page cannot forge them; Prometheus, kubelet
+//!    probes and curl never send them (403).
+//! 3. With `[admin] token` set, every endpoint but the `/healthz` and `/readyz` probes and the
+//!    console's static files (`/`, `/console.js`, `/console.css`: no data) needs
 //!    `Authorization: Bearer <token>`, compared in constant time (401).
 
 use std::net::SocketAddr;
@@ -95,7 +99,9 @@ pub(super) fn admit(
     check_host(req, local, &cfg.allowed_hosts)?;
     check_not_browser(&req.headers)?;
     match &cfg.token {
-        Some(token) if !is_probe(req.uri.path()) => check_token(&req.headers, token),
+        Some(token) if !is_probe(req.uri.path()) && !is_static(req.uri.path()) => {
+            check_token(&req.headers, token)
+        }
         _ => Ok(()),
     }
 }
@@ -103,6 +109,12 @@ pub(super) fn admit(
 /// kubelet probes and load-balancer health checks carry no credentials.
 fn is_probe(path: &str) -> bool {
     matches!(path, "/healthz" | "/readyz")
+}
+
+/// The console's page, script and style: the same bytes for everyone, no data in them (the
+/// page asks for the token and sends it on its data requests).
+pub(super) fn is_static(path: &str) -> bool {
+    matches!(path, "/" | "/console.js" | "/console.css")
 }
 
 fn check_host(
@@ -170,15 +182,31 @@ fn names_listener(a: &Authority, local: Option<SocketAddr>, allowed: &[Authority
 }
 
 fn check_not_browser(headers: &HeaderMap) -> Result<(), Refusal> {
-    if headers.contains_key(ORIGIN) {
+    // `Host` was checked to name this listener (or was absent, HTTP/1.0): the console's origin.
+    let own = headers.get(HOST).map(|h| h.as_bytes());
+    let same_origin = |origin: &[u8]| {
+        own.is_some_and(|host| {
+            origin.len() == 7 + host.len()
+                && origin[..7].eq_ignore_ascii_case(b"http://")
+                && origin[7..].eq_ignore_ascii_case(host)
+        })
+    };
+    if headers
+        .get_all(ORIGIN)
+        .iter()
+        .any(|o| !same_origin(o.as_bytes()))
+    {
         return Err(Refusal::CrossSite(
-            "requests carrying Origin (sent by browsers) are refused on the admin listener",
+            "requests from pages of another origin are refused on the admin listener",
         ));
     }
     let fetch_site = headers.get_all("sec-fetch-site");
-    if fetch_site.iter().any(|v| v.as_bytes() != b"none") {
+    if fetch_site
+        .iter()
+        .any(|v| v.as_bytes() != b"none" && v.as_bytes() != b"same-origin")
+    {
         return Err(Refusal::CrossSite(
-            "requests a page makes (Sec-Fetch-Site other than none) are refused on the admin listener",
+            "requests a page of another site makes (Sec-Fetch-Site) are refused on the admin listener",
         ));
     }
     Ok(())
@@ -334,14 +362,28 @@ mod tests {
         for extra in [
             ("origin", "http://evil.example"),
             ("origin", "null"),
+            ("origin", "http://127.0.0.1:9092"),
+            ("origin", "https://127.0.0.1:9091"),
+            ("origin", "http://127.0.0.1:9091/"),
             ("sec-fetch-site", "cross-site"),
-            ("sec-fetch-site", "same-origin"),
+            ("sec-fetch-site", "same-site"),
         ] {
             let r = check("/metrics", &[host, extra], &cfg);
             assert!(matches!(r, Err(Refusal::CrossSite(_))), "{extra:?}");
         }
         let typed = check("/metrics", &[host, ("sec-fetch-site", "none")], &cfg);
         assert_eq!(typed, Ok(()));
+        // The console's own requests: same origin.
+        let own = check(
+            "/explain",
+            &[
+                host,
+                ("origin", "http://127.0.0.1:9091"),
+                ("sec-fetch-site", "same-origin"),
+            ],
+            &cfg,
+        );
+        assert_eq!(own, Ok(()));
     }
 
     #[test]

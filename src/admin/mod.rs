@@ -5,6 +5,7 @@
 //! requests naming this listener in `Host`, never a browser page, and with `[admin] token`
 //! set, only its holders (the probes excepted). Its settings follow reloads.
 
+mod console;
 mod guard;
 
 use std::sync::Arc;
@@ -180,6 +181,24 @@ fn respond(status: StatusCode, content_type: &str, body: Vec<u8>) -> Response<Ve
         http::header::CACHE_CONTROL,
         http::HeaderValue::from_static("no-store"),
     );
+    r.headers_mut().insert(
+        http::header::X_CONTENT_TYPE_OPTIONS,
+        http::HeaderValue::from_static("nosniff"),
+    );
+    r
+}
+
+/// The console page's content security policy, and no framing, no sniffing.
+fn with_csp(mut r: Response<Vec<u8>>) -> Response<Vec<u8>> {
+    let h = r.headers_mut();
+    h.insert(
+        http::header::CONTENT_SECURITY_POLICY,
+        http::HeaderValue::from_static(console::CSP),
+    );
+    h.insert(
+        http::header::X_FRAME_OPTIONS,
+        http::HeaderValue::from_static("DENY"),
+    );
     r
 }
 
@@ -283,13 +302,36 @@ impl ServeHttp for AdminApp {
                 },
             },
             (Method::POST, "/explain") => self.explain(session).await,
-            (_, "/healthz" | "/readyz" | "/metrics" | "/reload" | "/explain") => json(
+            (Method::GET | Method::HEAD, "/") => with_csp(respond(
+                StatusCode::OK,
+                "text/html; charset=utf-8",
+                console::PAGE.into(),
+            )),
+            (Method::GET | Method::HEAD, "/console.js") => respond(
+                StatusCode::OK,
+                "text/javascript; charset=utf-8",
+                console::SCRIPT.into(),
+            ),
+            (Method::GET | Method::HEAD, "/console.css") => respond(
+                StatusCode::OK,
+                "text/css; charset=utf-8",
+                console::STYLE.into(),
+            ),
+            (Method::GET, "/console.json") => {
+                let snap = self.state.load();
+                json(StatusCode::OK, console::data(&snap, &self.metrics))
+            }
+            (
+                _,
+                "/healthz" | "/readyz" | "/metrics" | "/reload" | "/explain" | "/" | "/console.js"
+                | "/console.css" | "/console.json",
+            ) => json(
                 StatusCode::METHOD_NOT_ALLOWED,
                 serde_json::json!({"error": "method_not_allowed", "error_description": "method not allowed"}),
             ),
             _ => json(
                 StatusCode::NOT_FOUND,
-                serde_json::json!({"error": "not_found", "error_description": "admin endpoints: /healthz /readyz /metrics /reload /explain"}),
+                serde_json::json!({"error": "not_found", "error_description": "admin endpoints: / (console) /healthz /readyz /metrics /reload /explain /console.json"}),
             ),
         }
     }

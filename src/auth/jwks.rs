@@ -186,6 +186,19 @@ impl Issuer {
         self.keys.load().generation
     }
 
+    /// For the admin console: Unix seconds of the last successful fetch (0: never), seconds
+    /// until the next scheduled refresh, and failed fetches in a row.
+    pub(crate) fn refresh_state(&self) -> (u64, u64, u32) {
+        let s = self.schedule.lock();
+        (
+            self.last_success.load(Ordering::Relaxed),
+            s.next_due
+                .saturating_duration_since(Instant::now())
+                .as_secs(),
+            s.failures,
+        )
+    }
+
     /// Is a background refresh due now?
     pub fn refresh_due(&self, now: Instant) -> bool {
         now >= self.schedule.lock().next_due

@@ -1,6 +1,6 @@
 //! Step 3a, who is this for the rate limiter? The sources of a route's limit key, tried in
 //! order; the first that yields a value wins (`sub | client_id | ip | header:N | cookie:N |
-//! query:N`). Extraction from a request lives in `proxy::clientkey`.
+//! query:N`). Extraction from a request lives in `decide::clientkey`.
 
 use crate::ratelimit::LimitSpec;
 
@@ -65,16 +65,18 @@ impl KeySource {
             },
         }
     }
+}
 
-    /// Short tag used in the limiter key so that two sources never collide.
-    pub fn tag(&self) -> &str {
+/// As written in the config (`sub`, `header:x-api-key`, …).
+impl std::fmt::Display for KeySource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            KeySource::Sub => "sub",
-            KeySource::ClientId => "client_id",
-            KeySource::Ip => "ip",
-            KeySource::Header(_) => "header",
-            KeySource::Cookie(_) => "cookie",
-            KeySource::Query(_) => "query",
+            KeySource::Sub => f.write_str("sub"),
+            KeySource::ClientId => f.write_str("client_id"),
+            KeySource::Ip => f.write_str("ip"),
+            KeySource::Header(n) => write!(f, "header:{n}"),
+            KeySource::Cookie(n) => write!(f, "cookie:{n}"),
+            KeySource::Query(n) => write!(f, "query:{n}"),
         }
     }
 }
