@@ -29,6 +29,7 @@ pub(crate) fn print_tools(tools: &[&Res<Tool>]) {
                 let path = t.path.to_string_lossy();
                 let own = match t.pin.cmd {
                     "nginx" => version(&path, &["-v"]),
+                    "taskset" => version(&path, &["--version"]),
                     "wrk" => version(&path, &["-v"])
                         .split(" Copyright")
                         .next()
