@@ -50,8 +50,9 @@ bench: deps
 	$(CARGO) bench --locked --bench instructions
 
 # Instructions per request under callgrind, beside a bare pingora proxy (no req/s noise).
+# The benches install what they run (nginx, wrk, Traefik, Caddy, valgrind) at the versions
+# pinned in benches/gateway/install.rs.
 bench-instructions: deps
-	command -v valgrind >/dev/null 2>&1 || $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends valgrind
 	$(CARGO) bench --locked --bench instructions
 
 # Fuzz the parsers an attacker feeds (tests/fuzz, README "Fuzzing"); not part of `make test`.

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
-"""Memory of the gateway under the slow-head attack of issue 9 item 3 (a script that prints
-figures, not a test).
+"""Memory of the gateway under a slow-head attack: many connections that each trickle an
+unterminated request head (a script that prints figures, not a test).
 
 Starts BINARY (default target/release/wetrials-gateway) on loopback with the default
 connection limits (the config below sets none of them) in front of a tiny upstream, then

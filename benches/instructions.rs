@@ -28,6 +28,12 @@ use std::time::{Duration, Instant};
 
 use wetrials_gateway::demo::LocalIssuer;
 
+/// The pinned tools of the wrk benchmark; only valgrind's pin serves here.
+#[allow(dead_code)]
+#[path = "gateway/install.rs"]
+mod install;
+use install::have;
+
 type Res<T> = Result<T, String>;
 
 const GATEWAY_BIN: &str = env!("CARGO_BIN_EXE_wetrials-gateway");
@@ -171,9 +177,7 @@ impl Measured {
             .stdin(Stdio::null())
             .stdout(log.try_clone().map_err(|e| e.to_string())?)
             .stderr(log);
-        let child = cmd
-            .spawn()
-            .map_err(|e| format!("valgrind (apt-get install valgrind): {e}"))?;
+        let child = cmd.spawn().map_err(|e| format!("valgrind: {e}"))?;
         Ok(Measured { child, dump_prefix })
     }
 
@@ -357,15 +361,6 @@ fn gateway_config(
     text
 }
 
-fn have(cmd: &str) -> bool {
-    Command::new("sh")
-        .arg("-c")
-        .arg(format!("command -v {cmd}"))
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
 // ------------------------------------------------------------------ main
 
 fn main() -> ExitCode {
@@ -379,8 +374,9 @@ fn main() -> ExitCode {
 }
 
 fn run() -> Res<()> {
-    if !have("valgrind") || !have("callgrind_control") {
-        return Err("valgrind is not installed (apt-get install valgrind)".into());
+    let valgrind = install::tool("valgrind")?;
+    if !have("callgrind_control") {
+        return Err("callgrind_control missing beside valgrind".into());
     }
     let warmup = env_num("BENCH_WARMUP_REQS", 300);
     let n = env_num("BENCH_REQS", 2000);
@@ -393,6 +389,7 @@ fn run() -> Res<()> {
         "instructions per request (callgrind), {warmup} warm-up + {n} measured keep-alive GETs; Authorization header {} bytes",
         bearer.len() - 2
     );
+    println!("valgrind: {}", valgrind.describe());
     let mut rows: Vec<Row> = Vec::new();
 
     // Bare pingora, without and with the header.

@@ -1,6 +1,6 @@
 //! The floor of every benchmark: a bare pingora proxy built exactly like the gateway (same
 //! crate, pingora version and features, release profile, allocator), whose `ProxyHttp` does
-//! nothing but return one `HttpPeer`. `benches/instructions.rs` and `benches/gateway.rs` run it
+//! nothing but return one `HttpPeer`. `benches/instructions.rs` and `benches/gateway/` run it
 //! beside the gateway, so every table shows what pingora itself costs.
 //!
 //! `bare-pingora --listen 127.0.0.1:8081 --upstream 127.0.0.1:9000 [--threads 1]`
