@@ -51,6 +51,18 @@ pub struct ServerSettings {
     pub keepalive_timeout: Duration,
     pub max_connections: usize,
     pub max_connections_per_ip: usize,
+    /// Client certificate verification on the TLS listener.
+    pub client_tls: Option<ClientTls>,
+    /// Lower-case header name carrying a client certificate from a trusted proxy.
+    pub client_cert_header: Option<String>,
+}
+
+/// `[server.tls] client_ca_path` / `client_auth`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClientTls {
+    pub ca_path: PathBuf,
+    /// A client without a certificate fails the handshake.
+    pub required: bool,
 }
 
 /// What becomes of request header names holding `_` (CGI/WSGI servers read `X_Auth_Subject`
@@ -281,6 +293,62 @@ fn server_settings(f: &ServerFile, base_dir: &Path, c: &mut Collector) -> Server
             format!("{max_header_bytes} is not from 1024 to 1048575"),
         );
     }
+    let client_tls = f.tls.as_ref().and_then(|t| {
+        let required = match t.client_auth.as_deref() {
+            None | Some("optional") => false,
+            Some("required") => true,
+            Some(other) => {
+                c.push(
+                    "server.tls.client_auth",
+                    format!("{other:?} is neither \"optional\" nor \"required\""),
+                );
+                false
+            }
+        };
+        match &t.client_ca_path {
+            Some(p) => {
+                let ca = resolve(base_dir, p);
+                if !ca.is_file() {
+                    c.push(
+                        "server.tls.client_ca_path",
+                        format!("{} is not a readable file", ca.display()),
+                    );
+                }
+                Some(ClientTls {
+                    ca_path: ca,
+                    required,
+                })
+            }
+            None => {
+                if t.client_auth.is_some() {
+                    c.push(
+                        "server.tls.client_auth",
+                        "needs client_ca_path (the CAs client certificates must chain to)",
+                    );
+                }
+                None
+            }
+        }
+    });
+    let client_cert_header = match f.client_cert_header.as_deref() {
+        None => None,
+        Some(h) if http::HeaderName::from_bytes(h.as_bytes()).is_ok() => {
+            if f.trusted_proxies.is_empty() {
+                c.push(
+                    "server.client_cert_header",
+                    "is believed only from trusted_proxies, and none are listed",
+                );
+            }
+            Some(h.to_ascii_lowercase())
+        }
+        Some(h) => {
+            c.push(
+                "server.client_cert_header",
+                format!("{h:?} is not a header name"),
+            );
+            None
+        }
+    };
     let tls = f.tls.as_ref().map(|t| {
         let cert = resolve(base_dir, &t.cert_path);
         let key = resolve(base_dir, &t.key_path);
@@ -359,6 +427,8 @@ fn server_settings(f: &ServerFile, base_dir: &Path, c: &mut Collector) -> Server
             f.max_connections_per_ip,
             256,
         ),
+        client_tls,
+        client_cert_header,
     }
 }
 

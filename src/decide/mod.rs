@@ -47,6 +47,8 @@ pub(crate) struct RequestView<'a> {
     pub peer: Option<IpAddr>,
     /// Arrived over TLS on our own listener.
     pub tls: bool,
+    /// SHA-256 of the DER of the client certificate presented in our TLS handshake.
+    pub tls_client_cert: Option<&'a [u8]>,
 }
 
 /// A request the core can decide on: its view, and its body when a limit key needs a
@@ -69,6 +71,8 @@ pub(crate) struct OfflineRequest {
     pub peer: Option<IpAddr>,
     pub tls: bool,
     pub body: Vec<u8>,
+    /// SHA-256 of the client certificate presented in the TLS handshake.
+    pub client_cert_sha256: Option<[u8; 32]>,
 }
 
 impl OfflineRequest {
@@ -85,6 +89,7 @@ impl OfflineRequest {
             peer: Some(IpAddr::from([127, 0, 0, 1])),
             tls: false,
             body: Vec::new(),
+            client_cert_sha256: None,
         })
     }
 }
@@ -100,6 +105,7 @@ impl Request for OfflineRequest {
             headers: &self.headers,
             peer: self.peer,
             tls: self.tls,
+            tls_client_cert: self.client_cert_sha256.as_ref().map(|c| c.as_slice()),
         }
     }
 
@@ -448,7 +454,7 @@ async fn authenticate<T: Trace>(
                 Some((source, t)) => {
                     trace.step(|| Step::Credentials { source });
                     let t = bearer::from_value(&t, max)?;
-                    return authenticate_token(snap, route, t.0, seen).await;
+                    return authenticate_token(snap, v, route, t.0, seen).await;
                 }
                 None => {
                     trace.step(|| Step::Credentials { source: "none" });
@@ -461,11 +467,12 @@ async fn authenticate<T: Trace>(
     trace.step(|| Step::Credentials {
         source: "authorization",
     });
-    authenticate_token(snap, route, token.0, seen).await
+    authenticate_token(snap, v, route, token.0, seen).await
 }
 
 async fn authenticate_token(
     snap: &Snapshot,
+    v: &RequestView<'_>,
     route: &Route,
     token: &str,
     seen: &mut Option<usize>,
@@ -480,7 +487,43 @@ async fn authenticate_token(
             return Err(AuthError::IssuerNotAllowed);
         }
     }
+    if let Some(b) = p.binding.as_deref() {
+        // RFC 9449 §7.1: a DPoP-bound token sent as a bearer token is refused.
+        if b.jkt.is_some() {
+            return Err(AuthError::DpopBound);
+        }
+        // RFC 8705 §3: only with the certificate it was issued to.
+        if let Some(want) = b.cert_sha256 {
+            if presented_cert(snap, v) != Some(want) {
+                return Err(AuthError::CertificateMismatch);
+            }
+        }
+    }
     Ok(p)
+}
+
+/// The SHA-256 of the client certificate of this request: from our own TLS handshake, else
+/// from `client_cert_header` when a trusted proxy sent the request.
+fn presented_cert(snap: &Snapshot, v: &RequestView<'_>) -> Option<[u8; 32]> {
+    if let Some(d) = v.tls_client_cert {
+        return d.try_into().ok();
+    }
+    let name = snap.config.server.client_cert_header.as_deref()?;
+    let peer = v.peer?;
+    if !snap
+        .config
+        .server
+        .trusted_proxies
+        .iter()
+        .any(|n| n.contains(&peer))
+    {
+        return None;
+    }
+    let mut values = v.headers.get_all(name).iter();
+    match (values.next(), values.next()) {
+        (Some(one), None) => clientkey::cert_sha256_from_header(one.as_bytes()),
+        _ => None,
+    }
 }
 
 /// The limiter key and the tag of its source: the first source that yields a value;

@@ -99,14 +99,23 @@ struct PingoraRequest<'s> {
 #[async_trait]
 impl decide::Request for PingoraRequest<'_> {
     fn view(&self) -> RequestView<'_> {
-        view_of(
+        let mut v = view_of(
             self.session.req_header(),
             self.session
                 .client_addr()
                 .and_then(|a| a.as_inet())
                 .map(|a| a.ip()),
             self.tls,
-        )
+        );
+        if self.tls {
+            v.tls_client_cert = self
+                .session
+                .digest()
+                .and_then(|d| d.ssl_digest.as_deref())
+                .map(|s| s.cert_digest.as_slice())
+                .filter(|d| !d.is_empty());
+        }
+        v
     }
 
     /// Reads with pingora's retry buffer on, so the body still reaches the upstream byte
@@ -161,6 +170,7 @@ pub(crate) fn view_of(
         headers: &req.headers,
         peer,
         tls,
+        tls_client_cert: None,
     }
 }
 
@@ -472,6 +482,24 @@ impl ProxyHttp for Gateway {
             up.insert_header(http::header::HOST, authority.as_str())?;
         }
         strip_request_headers(up, ctx.snap.config.server.headers_with_underscores);
+        // A client certificate header is the trusted proxy's to set, never a client's.
+        if let Some(name) = ctx.snap.config.server.client_cert_header.as_deref() {
+            let peer = session
+                .client_addr()
+                .and_then(|a| a.as_inet())
+                .map(|a| a.ip());
+            let trusted = peer.is_some_and(|p| {
+                ctx.snap
+                    .config
+                    .server
+                    .trusted_proxies
+                    .iter()
+                    .any(|n| n.contains(&p))
+            });
+            if !trusted {
+                up.remove_header(name);
+            }
+        }
         if session.as_ref().get_retry_buffer().is_some() {
             // We read the body (and answered any `Expect: 100-continue`); the upstream gets
             // it whole, so it must not answer another 100.
