@@ -677,6 +677,7 @@ impl ProxyHttp for Gateway {
                 upstream,
                 outcome,
                 auth = ctx.adm.auth_result,
+                would_deny = ctx.adm.would_deny.unwrap_or("-"),
                 issuer,
                 client_id = ctx
                     .adm
