@@ -257,6 +257,29 @@ async fn switching_report_to_enforce_by_reload_under_load_fails_no_valid_request
     assert_eq!(reloads(&gw, "ok").await, 2.0);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_forwarded_in_report_mode_is_stripped_where_its_issuer_strips_tokens() {
+    let li = local_issuer().await;
+    let echo = echo_upstream().await;
+    let mut cfg = report_config(&li, &echo, "report");
+    cfg.issuers[0].keys.set("strip_authorization", true);
+    let gw = TestGateway::start(&cfg).await;
+    for t in [
+        expired_token(&li),
+        bad_signature_token(&li),
+        token(&li, "u1", "read:profile"),
+        token(&li, "u1", "read:studies"),
+    ] {
+        let e = gw.get_with_token("/v1/rollout/a", &t).await.echo();
+        assert!(e["headers"].get("authorization").is_none(), "{e}");
+    }
+    // Without the issuer's strip_authorization, the upstream gets the header as sent.
+    let gw = TestGateway::start(&report_config(&li, &echo, "report")).await;
+    let t = expired_token(&li);
+    let e = gw.get_with_token("/v1/rollout/a", &t).await.echo();
+    assert_eq!(e["headers"]["authorization"], format!("Bearer {t}"), "{e}");
+}
+
 fn shipped(name: &str) -> String {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("config")
