@@ -34,6 +34,9 @@ pub struct Metrics {
     /// `gateway_rejections_total{route, reason}`: requests the gateway answered itself, by
     /// the bounded reason of the access log (`bad_target`, `encoded_slash`, `tls_required`, …).
     pub rejections: IntCounterVec,
+    /// `gateway_report_only_denials_total{route, reason}`: requests forwarded that an enforced
+    /// rule would have refused (report mode, `report_only` limits), by the same reasons.
+    pub report_only_denials: IntCounterVec,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -171,6 +174,14 @@ impl Metrics {
             &["route", "reason"],
         )?;
         reg(Box::new(rejections.clone()))?;
+        let report_only_denials = IntCounterVec::new(
+            Opts::new(
+                "gateway_report_only_denials_total",
+                "Requests forwarded that an enforced rule would have refused (report mode, report_only limits), by route and reason",
+            ),
+            &["route", "reason"],
+        )?;
+        reg(Box::new(report_only_denials.clone()))?;
         let ratelimit = std::sync::Arc::new(RateLimitMetrics::new(&registry)?);
         Ok(Metrics {
             registry,
@@ -194,6 +205,7 @@ impl Metrics {
             ratelimit,
             in_flight,
             rejections,
+            report_only_denials,
         })
     }
 

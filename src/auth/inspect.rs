@@ -166,7 +166,9 @@ pub(crate) fn inspect(token: &str, issuers: &[Arc<Issuer>], now: i64) -> TokenFa
     if let Some(cnf) = claims.get("cnf") {
         let mut bound = Vec::new();
         if let Some(t) = cnf.get("x5t#S256").and_then(Value::as_str) {
-            bound.push(format!("the client certificate with SHA-256 {t} (RFC 8705)"));
+            bound.push(format!(
+                "the client certificate with SHA-256 {t} (RFC 8705)"
+            ));
         }
         if let Some(j) = cnf.get("jkt").and_then(Value::as_str) {
             bound.push(format!("the DPoP key with thumbprint {j} (RFC 9449)"));

@@ -287,6 +287,9 @@ pub struct RouteFile {
     pub allow_encoded_slashes: Option<bool>,
     /// Refuse requests that did not arrive over TLS. Defaults to `server.require_tls`.
     pub require_tls: Option<bool>,
+    /// `enforce` (default) or `report`: authentication and scope refusals are only reported
+    /// (forwarded, logged with `would_deny`, counted), for rolling a rule out.
+    pub mode: Option<String>,
 }
 
 /// A table or an array of tables.
@@ -315,4 +318,6 @@ pub struct RateLimitRuleFile {
     pub period: String,
     /// Sources tried in order. Defaults to `["ip"]`.
     pub key: Option<Vec<String>>,
+    /// Report what this limit would refuse instead of refusing it. Defaults to false.
+    pub report_only: Option<bool>,
 }

@@ -87,8 +87,9 @@ const ROUTE: &[&str] = &[
     "rate_limit",
     "allow_encoded_slashes",
     "require_tls",
+    "mode",
 ];
-const RULE: &[&str] = &["requests", "period", "key"];
+const RULE: &[&str] = &["requests", "period", "key", "report_only"];
 
 /// The line of `key = ...`, when exactly one line of the file assigns that key.
 fn line_of(raw: &str, key: &str) -> Option<usize> {

@@ -11,7 +11,7 @@ use jsonwebtoken::Algorithm;
 
 use super::file::*;
 use super::{AdminToken, Authority, ConfigError, Problem};
-pub use crate::policy::AuthMode;
+pub use crate::policy::{AuthMode, RouteMode};
 use crate::policy::{KeySource, LimitGroup, PathTemplate, RequiredScopes};
 use crate::ratelimit::{Backend, LimitSpec, OnBackendError, RateLimiterConfig};
 
@@ -154,6 +154,7 @@ pub struct RouteConfig {
     pub allow_encoded_slashes: bool,
     /// `None`: the server default.
     pub require_tls: Option<bool>,
+    pub mode: RouteMode,
 }
 
 struct Collector {
@@ -798,6 +799,24 @@ fn route(
             "auth = \"jwt\" needs at least one [[issuers]]",
         );
     }
+    let mode = match f.mode.as_deref() {
+        None | Some("enforce") => RouteMode::Enforce,
+        Some("report") if auth == AuthMode::None => {
+            c.push(
+                format!("{at}.mode"),
+                "\"report\" has no effect on an auth = \"none\" route (for its limits: report_only = true)",
+            );
+            RouteMode::Enforce
+        }
+        Some("report") => RouteMode::Report,
+        Some(other) => {
+            c.push(
+                format!("{at}.mode"),
+                format!("{other:?} is not one of \"enforce\", \"report\""),
+            );
+            RouteMode::Enforce
+        }
+    };
     if auth == AuthMode::None && (!f.scopes.is_empty() || !f.any_scopes.is_empty()) {
         c.push(
             at,
@@ -868,12 +887,19 @@ fn route(
                 }
             }
             if let Some(spec) = spec {
-                // Limits with the same key are decided together; another key opens a group.
-                match limit_groups.iter_mut().find(|g| g.key == keys) {
+                // Limits with the same key are decided together; another key opens a group,
+                // and so does report_only (a report-only refusal must not leave an enforced
+                // limit of the same key uncounted).
+                let report_only = rule.report_only.unwrap_or(false);
+                match limit_groups
+                    .iter_mut()
+                    .find(|g| g.key == keys && g.report_only == report_only)
+                {
                     Some(group) => group.limits.push(spec),
                     None => limit_groups.push(LimitGroup {
                         limits: vec![spec],
                         key: keys,
+                        report_only,
                     }),
                 }
             }
@@ -916,6 +942,7 @@ fn route(
         limit_groups,
         allow_encoded_slashes: f.allow_encoded_slashes.unwrap_or(false),
         require_tls: f.require_tls,
+        mode,
     })
 }
 
@@ -1026,6 +1053,44 @@ key = ["cookie:session", "ip"]
         assert_eq!(groups[0].limits[1].requests, 50);
         assert_eq!(groups[1].key, vec![KeySource::Ip]);
         assert_eq!(groups[1].limits[0].requests, 200);
+    }
+
+    #[test]
+    fn report_mode_and_report_only_limits_are_read_and_checked() {
+        let cfg = from_str(&GOOD.replace(
+            "[routes.rate_limit]\nrequests = 20\nperiod = \"1m\"\nkey = [\"cookie:session\", \"ip\"]",
+            "mode = \"report\"\n[[routes.rate_limit]]\nrequests = 20\nperiod = \"1m\"\nkey = [\"sub\"]\n[[routes.rate_limit]]\nrequests = 5\nperiod = \"1m\"\nkey = [\"sub\"]\nreport_only = true",
+        ))
+        .unwrap();
+        let route = &cfg.routes[0];
+        assert_eq!(route.mode, RouteMode::Report);
+        // A report-only limit is decided on its own, even with the same key.
+        let groups = &route.limit_groups;
+        assert_eq!(groups.len(), 2);
+        assert!(!groups[0].report_only && groups[1].report_only);
+        assert_eq!(groups[1].limits[0].requests, 5);
+        // Defaults: enforce, and enforced limits.
+        let cfg = from_str(GOOD).unwrap();
+        assert_eq!(cfg.routes[0].mode, RouteMode::Enforce);
+        assert!(!cfg.routes[0].limit_groups[0].report_only);
+        // Unknown modes, and report mode where there is nothing to report.
+        let err = from_str(&GOOD.replace(
+            "scopes = [\"read:studies\"]",
+            "scopes = [\"read:studies\"]\nmode = \"audit\"",
+        ))
+        .unwrap_err();
+        let all = err.problems().join("\n");
+        assert!(
+            all.contains("routes[0] \"studies-read\".mode: \"audit\" is not one of"),
+            "{all}"
+        );
+        let err = from_str(&GOOD.replace(
+            "scopes = [\"read:studies\"]",
+            "auth = \"none\"\nmode = \"report\"",
+        ))
+        .unwrap_err();
+        let all = err.problems().join("\n");
+        assert!(all.contains("routes[0] \"studies-read\".mode"), "{all}");
     }
 
     #[test]

@@ -26,7 +26,7 @@ pub(crate) use trace::{Off, Recorder, Step, Trace};
 use crate::auth::{bearer, AuthError, Principal};
 use crate::config::{AuthMode, UnderscoreHeaders};
 use crate::metrics::Metrics;
-use crate::policy::{has_encoded_separator, normalize_path, KeySource, Route};
+use crate::policy::{has_encoded_separator, normalize_path, KeySource, Route, RouteMode};
 use crate::ratelimit::Decision;
 use crate::state::Snapshot;
 
@@ -137,6 +137,9 @@ pub(crate) struct Admission {
     pub rate: Option<Decision>,
     /// For logs and metrics: `public`, `ok`, or why authentication or scopes failed.
     pub auth_result: &'static str,
+    /// Report mode: the reason (a [`Reject::reason`]) the first gate that only reports would
+    /// have refused the request for. `None` when nothing would have been refused.
+    pub would_deny: Option<&'static str>,
 }
 
 impl Default for Admission {
@@ -151,6 +154,7 @@ impl Default for Admission {
             client_id: None,
             rate: None,
             auth_result: "-",
+            would_deny: None,
         }
     }
 }
@@ -191,10 +195,20 @@ pub(crate) async fn decide<R: Request, T: Trace + Send>(
 ) -> Result<(), Reject> {
     let result = admit(snap, metrics, req, adm, trace, effects).await;
     match &result {
-        Ok(()) => trace.step(|| Step::Verdict {
-            status: 0,
-            reason: "forwarded",
-        }),
+        Ok(()) => {
+            if let (Some(reason), Some(route), Effects::Count) =
+                (adm.would_deny, &adm.route, effects)
+            {
+                metrics
+                    .report_only_denials
+                    .with_label_values(&[route.name.as_str(), reason])
+                    .inc();
+            }
+            trace.step(|| Step::Verdict {
+                status: 0,
+                reason: "forwarded",
+            })
+        }
         Err(reject) => {
             let route = adm.route.as_ref().map_or("_none", |r| r.name.as_str());
             if effects == Effects::Count {
@@ -210,6 +224,25 @@ pub(crate) async fn decide<R: Request, T: Trace + Send>(
         }
     }
     result
+}
+
+/// A gate refused: `Err` when it is enforced; when it only reports, note the first such
+/// refusal in `adm.would_deny` (the reason enforcing would have answered with) and go on.
+fn refuse<T: Trace>(
+    report: bool,
+    adm: &mut Admission,
+    trace: &mut T,
+    reject: Reject,
+) -> Result<(), Reject> {
+    if !report {
+        return Err(reject);
+    }
+    trace.step(|| Step::WouldDeny {
+        status: reject.status(),
+        reason: reject.reason(),
+    });
+    adm.would_deny.get_or_insert(reject.reason());
+    Ok(())
 }
 
 fn ceil_secs(d: Duration) -> u64 {
@@ -311,11 +344,13 @@ async fn admit<R: Request, T: Trace + Send>(
         route
     };
 
-    // 2. who is calling?
+    // 2. who is calling? On a report-mode route a refusal here or in 2b is only noted: the
+    // request goes on (without identity, when the token was not valid) to the limits.
+    let report = route.mode == RouteMode::Report;
     if route.auth == AuthMode::Jwt {
         let mut seen = None;
         let principal = match authenticate(snap, &req.view(), &route, &mut seen, trace).await {
-            Ok(p) => p,
+            Ok(p) => Some(p),
             Err(e) => {
                 let issuer = seen
                     .and_then(|i| snap.auth.issuers().get(i))
@@ -329,40 +364,46 @@ async fn admit<R: Request, T: Trace + Send>(
                     result: e.reason(),
                 });
                 adm.auth_result = e.reason();
-                return Err(Reject::Auth(e));
+                refuse(report, adm, trace, Reject::Auth(e))?;
+                None
             }
         };
-        trace.step(|| Step::Token {
-            issuer: Some(snap.auth.issuer_name(&principal).to_string()),
-            result: "ok",
-        });
         // 2b. may it use this route?
-        let checked = route.scopes.check(principal.scopes());
-        trace.step(|| Step::Scopes {
-            required: route.scopes.to_string(),
-            granted: principal.scopes().to_string(),
-            missing: checked.as_ref().err().map(|m| m.0.clone()),
-        });
-        if let Err(missing) = checked {
-            if count {
-                metrics.auth(snap.auth.issuer_name(&principal), "insufficient_scope");
+        if let Some(principal) = principal {
+            trace.step(|| Step::Token {
+                issuer: Some(snap.auth.issuer_name(&principal).to_string()),
+                result: "ok",
+            });
+            let checked = route.scopes.check(principal.scopes());
+            trace.step(|| Step::Scopes {
+                required: route.scopes.to_string(),
+                granted: principal.scopes().to_string(),
+                missing: checked.as_ref().err().map(|m| m.0.clone()),
+            });
+            if let Err(missing) = checked {
+                if count {
+                    metrics.auth(snap.auth.issuer_name(&principal), "insufficient_scope");
+                }
+                adm.auth_result = "insufficient_scope";
+                // A valid token keeps its identity headers in report mode.
+                adm.principal = Some(principal);
+                refuse(report, adm, trace, Reject::Scope(missing))?;
+            } else {
+                if let Some(ok) = snap.auth_ok.get(principal.issuer_index).filter(|_| count) {
+                    ok.inc();
+                }
+                adm.auth_result = "ok";
+                adm.principal = Some(principal);
             }
-            adm.auth_result = "insufficient_scope";
-            adm.principal = Some(principal);
-            return Err(Reject::Scope(missing));
         }
-        if let Some(ok) = snap.auth_ok.get(principal.issuer_index).filter(|_| count) {
-            ok.inc();
-        }
-        adm.auth_result = "ok";
-        adm.principal = Some(principal);
     } else {
         trace.step(|| Step::Public);
         adm.auth_result = "public";
     }
 
     // 3. may they, right now? Each key's limits are decided together; groups in file
-    // order, so a refusal by a later group leaves the earlier groups' slots used.
+    // order, so a refusal by a later group leaves the earlier groups' slots used. A
+    // report-only group's refusal is only noted (a refused check records nothing).
     for (scope, group) in &route.limits {
         let (key, source) = limit_key(snap, req, adm, &route, &group.key, trace).await?;
         let decision = match effects {
@@ -401,9 +442,10 @@ async fn admit<R: Request, T: Trace + Send>(
                     adm.rate = Some(decision);
                 }
                 if !allowed {
-                    return Err(Reject::RateLimited {
+                    let reject = Reject::RateLimited {
                         retry_after_secs: retry,
-                    });
+                    };
+                    refuse(group.report_only, adm, trace, reject)?;
                 }
             }
             Err(e) => {
@@ -414,8 +456,12 @@ async fn admit<R: Request, T: Trace + Send>(
                 {
                     d.error.inc();
                 }
-                warn!(route = %route.name, error = %e, "rate limiter unavailable; failing closed");
-                return Err(Reject::LimiterUnavailable);
+                if group.report_only {
+                    warn!(route = %route.name, error = %e, "rate limiter unavailable for a report-only limit; not enforced");
+                } else {
+                    warn!(route = %route.name, error = %e, "rate limiter unavailable; failing closed");
+                }
+                refuse(group.report_only, adm, trace, Reject::LimiterUnavailable)?;
             }
         }
     }

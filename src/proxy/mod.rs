@@ -20,7 +20,7 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{ErrorSource, ErrorType};
 use tracing::info;
 
-use crate::config::UnderscoreHeaders;
+use crate::config::{AuthMode, UnderscoreHeaders};
 use crate::decide::{self, json_error, Admission, Reject, RequestView};
 use crate::metrics::Metrics;
 use crate::policy::Route;
@@ -511,12 +511,21 @@ impl ProxyHttp for Gateway {
         for (name, value) in ctx.adm.identity_headers() {
             up.insert_header(name, value)?;
         }
-        if ctx
-            .adm
-            .principal
-            .as_ref()
-            .is_some_and(|p| p.strip_authorization)
-        {
+        let strip = match (&ctx.adm.principal, &ctx.adm.route) {
+            (Some(p), _) => p.strip_authorization,
+            // Report mode forwarded a token that did not verify: where the route's issuers
+            // strip theirs, the upstream never sees this one either.
+            (None, Some(r)) if ctx.adm.would_deny.is_some() && r.auth == AuthMode::Jwt => {
+                ctx.snap.auth.issuers().iter().any(|i| {
+                    i.cfg.strip_authorization
+                        && r.issuers
+                            .as_ref()
+                            .is_none_or(|names| names.iter().any(|n| n == i.name()))
+                })
+            }
+            _ => false,
+        };
+        if strip {
             up.remove_header(&AUTHORIZATION);
         }
         up.insert_header("x-request-id", ctx.request_id.as_str())?;
@@ -706,6 +715,7 @@ impl ProxyHttp for Gateway {
                 upstream,
                 outcome,
                 auth = ctx.adm.auth_result,
+                would_deny = ctx.adm.would_deny.unwrap_or("-"),
                 issuer,
                 client_id = ctx
                     .adm
