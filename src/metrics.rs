@@ -37,6 +37,9 @@ pub struct Metrics {
     /// `gateway_report_only_denials_total{route, reason}`: requests forwarded that an enforced
     /// rule would have refused (report mode, `report_only` limits), by the same reasons.
     pub report_only_denials: IntCounterVec,
+    /// `gateway_dpop_proofs_total{result}`: DPoP proofs checked, by `ok` or the refusal
+    /// reason (`dpop_replay`, `dpop_htu`, …).
+    pub dpop_proofs: IntCounterVec,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -182,6 +185,14 @@ impl Metrics {
             &["route", "reason"],
         )?;
         reg(Box::new(report_only_denials.clone()))?;
+        let dpop_proofs = IntCounterVec::new(
+            Opts::new(
+                "gateway_dpop_proofs_total",
+                "DPoP proofs checked (RFC 9449), by result: ok or the refusal reason",
+            ),
+            &["result"],
+        )?;
+        reg(Box::new(dpop_proofs.clone()))?;
         let ratelimit = std::sync::Arc::new(RateLimitMetrics::new(&registry)?);
         Ok(Metrics {
             registry,
@@ -206,6 +217,7 @@ impl Metrics {
             in_flight,
             rejections,
             report_only_denials,
+            dpop_proofs,
         })
     }
 

@@ -17,6 +17,9 @@ use crate::upstream::Upstream;
 
 /// Entries of the verified-token cache.
 pub(crate) const TOKEN_CACHE_CAPACITY: u64 = 200_000;
+/// DPoP proofs remembered per process (LRU beyond it): 1,000,000 is over 16,000 proofs a second
+/// for the default 70 s window.
+pub(crate) const DPOP_REPLAY_CAPACITY: u64 = 1_000_000;
 
 pub struct Snapshot {
     pub config: GatewayConfig,
@@ -31,6 +34,8 @@ pub struct Snapshot {
     pub auth: Authenticator,
     pub upstreams: Vec<Arc<Upstream>>,
     pub limiter: Arc<RateLimiter>,
+    /// DPoP proofs seen (their `jti`), kept across reloads while the window is unchanged.
+    pub(crate) dpop_replay: Arc<crate::auth::dpop::ReplayCache>,
 }
 
 pub(crate) type SharedState = Arc<ArcSwap<Snapshot>>;
@@ -117,7 +122,16 @@ impl Snapshot {
                 metrics.ratelimit.clone(),
             )?),
         };
+        let window = config.server.dpop.replay_window();
+        let dpop_replay = match previous {
+            Some(prev) if prev.dpop_replay.window() == window => prev.dpop_replay.clone(),
+            _ => Arc::new(crate::auth::dpop::ReplayCache::new(
+                DPOP_REPLAY_CAPACITY,
+                window,
+            )),
+        };
         Ok(Snapshot {
+            dpop_replay,
             config,
             route_metrics,
             no_route_metrics,
@@ -217,5 +231,6 @@ pub(crate) fn route_from_config(cfg: &RouteConfig, index: usize, upstream: usize
         allow_encoded_slashes: cfg.allow_encoded_slashes,
         require_tls: cfg.require_tls,
         mode: cfg.mode,
+        dpop: cfg.dpop,
     }
 }

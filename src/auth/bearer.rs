@@ -43,9 +43,27 @@ static B64TOKEN: [bool; 256] = {
 /// - two headers, an empty value, `Bearer` without a token, spaces or bad characters in the
 ///   token, or a value longer than `max_len`: [`AuthError::InvalidRequest`] (400).
 pub fn from_authorization<'a>(
-    mut values: impl Iterator<Item = &'a [u8]>,
+    values: impl Iterator<Item = &'a [u8]>,
     max_len: usize,
 ) -> Result<BearerToken<'a>, AuthError> {
+    from_authorization_with(values, max_len, false).map(|(_, t)| t)
+}
+
+/// The authentication scheme a token came with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Scheme {
+    Bearer,
+    /// RFC 9449 §7.1: `Authorization: DPoP <token>`, with a `DPoP` proof header.
+    Dpop,
+}
+
+/// [`from_authorization`], and with `dpop` also `DPoP <token>` (scheme case-insensitive, the
+/// same token rules); without `dpop` a DPoP credential counts as no credentials.
+pub(crate) fn from_authorization_with<'a>(
+    mut values: impl Iterator<Item = &'a [u8]>,
+    max_len: usize,
+    dpop: bool,
+) -> Result<(Scheme, BearerToken<'a>), AuthError> {
     let Some(first) = values.next() else {
         return Err(AuthError::MissingToken);
     };
@@ -67,15 +85,22 @@ pub fn from_authorization<'a>(
     if scheme.is_empty() {
         return Err(AuthError::InvalidRequest("Authorization header is empty"));
     }
-    if !scheme.eq_ignore_ascii_case("bearer") {
+    let scheme = if scheme.eq_ignore_ascii_case("bearer") {
+        Scheme::Bearer
+    } else if dpop && scheme.eq_ignore_ascii_case("dpop") {
+        Scheme::Dpop
+    } else {
         return Err(AuthError::MissingToken);
-    }
+    };
     let token = rest.trim_start_matches(' ');
     if token.is_empty() {
-        return Err(AuthError::InvalidRequest("Bearer token is empty"));
+        return Err(AuthError::InvalidRequest(match scheme {
+            Scheme::Bearer => "Bearer token is empty",
+            Scheme::Dpop => "DPoP token is empty",
+        }));
     }
     // The character check (`check_chars`) runs on a verified-token cache miss only.
-    Ok(BearerToken(token))
+    Ok((scheme, BearerToken(token)))
 }
 
 /// RFC 6750 §2.1 characters: 400 `invalid_request` otherwise.
@@ -166,6 +191,33 @@ mod tests {
                 "{bad:?}"
             );
         }
+    }
+
+    #[test]
+    fn dpop_scheme_is_read_only_when_accepted() {
+        fn one(v: &str, dpop: bool) -> Result<(Scheme, BearerToken<'_>), AuthError> {
+            from_authorization_with(std::iter::once(v.as_bytes()), 8192, dpop)
+        }
+        assert_eq!(
+            one("DPoP a.b.c", true).map(|(s, t)| (s, t.0)),
+            Ok((Scheme::Dpop, "a.b.c"))
+        );
+        assert_eq!(
+            one("dpop  a.b.c", true).map(|(s, t)| (s, t.0)),
+            Ok((Scheme::Dpop, "a.b.c"))
+        );
+        assert!(matches!(
+            one("DPoP a.b.c", false),
+            Err(AuthError::MissingToken)
+        ));
+        assert!(matches!(
+            one("DPoP ", true),
+            Err(AuthError::InvalidRequest(_))
+        ));
+        assert_eq!(
+            one("Bearer a.b.c", true).map(|(s, t)| (s, t.0)),
+            Ok((Scheme::Bearer, "a.b.c"))
+        );
     }
 
     #[test]

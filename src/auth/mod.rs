@@ -5,6 +5,7 @@
 //! client repeating its token skips the signature check.
 
 pub(crate) mod bearer;
+pub(crate) mod dpop;
 pub(crate) mod inspect;
 pub(crate) mod jwks;
 pub(crate) mod jwt;
@@ -62,6 +63,18 @@ pub enum AuthError {
     /// A DPoP-bound token (RFC 9449 §7.1) presented without a proof by its key.
     #[error("token is bound to a DPoP key; send it with a DPoP proof")]
     DpopBound,
+    /// A DPoP proof refused (RFC 9449 §4.3), each check with its own reason.
+    #[error("{0}")]
+    Dpop(dpop::DpopError),
+    /// `dpop = "required"`, and the token was not sent with the DPoP scheme.
+    #[error("this resource requires a DPoP-bound token sent with the DPoP scheme and a proof")]
+    DpopRequired,
+    /// The DPoP scheme with a token that is not DPoP-bound (RFC 9449 §4.3 check 12).
+    #[error("token sent with the DPoP scheme is not DPoP-bound")]
+    DpopUnbound,
+    /// The shared DPoP replay cache failed and the limiter fails closed (503).
+    #[error("DPoP replay cache unavailable; try again shortly")]
+    ReplayCacheUnavailable,
 }
 
 impl AuthError {
@@ -84,6 +97,10 @@ impl AuthError {
             AuthError::UnforwardableClaim(_) => "unforwardable_claim",
             AuthError::CertificateMismatch => "certificate_mismatch",
             AuthError::DpopBound => "dpop_bound",
+            AuthError::Dpop(e) => e.reason(),
+            AuthError::DpopRequired => "dpop_required",
+            AuthError::DpopUnbound => "dpop_unbound",
+            AuthError::ReplayCacheUnavailable => "dpop_replay_cache_unavailable",
         }
     }
 }

@@ -79,6 +79,18 @@ pub struct ServerFile {
     /// Header in which a TLS-terminating proxy in `trusted_proxies` passes the client
     /// certificate (URL-encoded PEM, as nginx's `$ssl_client_escaped_cert`). Not set: none.
     pub client_cert_header: Option<String>,
+    /// The URL clients use to reach the gateway (`https://api.wetrials.com`: scheme, host and
+    /// port only); DPoP proofs' `htu` are checked against it. Not set: the listener's scheme
+    /// (or a trusted `X-Forwarded-Proto`) and the request's `Host`.
+    pub public_url: Option<String>,
+    /// Algorithms accepted for DPoP proofs (asymmetric only). Defaults to
+    /// `["ES256", "RS256", "PS256", "EdDSA"]`.
+    pub dpop_algorithms: Option<Vec<String>>,
+    /// Oldest DPoP proof accepted (`iat`), in seconds; also how long a proof's `jti` is
+    /// remembered against replay. Defaults to 60; from 1 to 3600.
+    pub dpop_max_age_secs: Option<u64>,
+    /// Clock skew allowed on a DPoP proof's `iat`, in seconds. Defaults to 5; at most 300.
+    pub dpop_leeway_secs: Option<u64>,
 }
 
 impl Default for ServerFile {
@@ -104,6 +116,10 @@ impl Default for ServerFile {
             max_connections: None,
             max_connections_per_ip: None,
             client_cert_header: None,
+            public_url: None,
+            dpop_algorithms: None,
+            dpop_max_age_secs: None,
+            dpop_leeway_secs: None,
         }
     }
 }
@@ -232,6 +248,9 @@ pub struct IssuerFile {
     pub unknown_kid_cooldown_secs: Option<u64>,
     /// Bound on one JWKS or discovery fetch, in ms. Defaults to 3000.
     pub jwks_timeout_ms: Option<u64>,
+    /// DPoP default of the routes that accept this issuer's tokens and set no `dpop`:
+    /// `off`, `allowed` (default) or `required`.
+    pub dpop: Option<String>,
 }
 
 /// `[[upstreams]]`.
@@ -290,6 +309,8 @@ pub struct RouteFile {
     /// `enforce` (default) or `report`: authentication and scope refusals are only reported
     /// (forwarded, logged with `would_deny`, counted), for rolling a rule out.
     pub mode: Option<String>,
+    /// DPoP (RFC 9449): `off`, `allowed` or `required`. Defaults to the token issuer's `dpop`.
+    pub dpop: Option<String>,
 }
 
 /// A table or an array of tables.

@@ -34,6 +34,10 @@ const SERVER: &[&str] = &[
     "max_connections",
     "max_connections_per_ip",
     "client_cert_header",
+    "public_url",
+    "dpop_algorithms",
+    "dpop_max_age_secs",
+    "dpop_leeway_secs",
 ];
 const TLS: &[&str] = &["cert_path", "key_path", "client_ca_path", "client_auth"];
 const ADMIN: &[&str] = &["listen", "allowed_hosts", "token"];
@@ -61,6 +65,7 @@ const ISSUER: &[&str] = &[
     "jwks_max_refresh_secs",
     "unknown_kid_cooldown_secs",
     "jwks_timeout_ms",
+    "dpop",
 ];
 const UPSTREAM: &[&str] = &[
     "name",
@@ -88,6 +93,7 @@ const ROUTE: &[&str] = &[
     "allow_encoded_slashes",
     "require_tls",
     "mode",
+    "dpop",
 ];
 const RULE: &[&str] = &["requests", "period", "key", "report_only"];
 
@@ -225,6 +231,10 @@ header_timeout_ms = 1
 keepalive_timeout_ms = 1
 max_connections = 1
 max_connections_per_ip = 1
+public_url = "https://api.example.com"
+dpop_algorithms = ["ES256"]
+dpop_max_age_secs = 60
+dpop_leeway_secs = 5
 [server.tls]
 cert_path = "a"
 key_path = "b"
@@ -258,6 +268,7 @@ jwks_min_refresh_secs = 1
 jwks_max_refresh_secs = 1
 unknown_kid_cooldown_secs = 1
 jwks_timeout_ms = 1
+dpop = "allowed"
 [[upstreams]]
 name = "u"
 peers = []
@@ -279,6 +290,7 @@ any_scopes = []
 issuers = []
 token_query_param = "q"
 token_cookie = "c"
+dpop = "required"
 [routes.rate_limit]
 requests = 1
 period = "1s"

@@ -11,7 +11,7 @@ use jsonwebtoken::Algorithm;
 
 use super::file::*;
 use super::{AdminToken, Authority, ConfigError, Problem};
-pub use crate::policy::{AuthMode, RouteMode};
+pub use crate::policy::{AuthMode, DpopMode, RouteMode};
 use crate::policy::{KeySource, LimitGroup, PathTemplate, RequiredScopes};
 use crate::ratelimit::{Backend, LimitSpec, OnBackendError, RateLimiterConfig};
 
@@ -55,6 +55,32 @@ pub struct ServerSettings {
     pub client_tls: Option<ClientTls>,
     /// Lower-case header name carrying a client certificate from a trusted proxy.
     pub client_cert_header: Option<String>,
+    /// `public_url` normalised to `scheme://host[:port]` (lower case, no default port).
+    pub public_origin: Option<String>,
+    pub dpop: DpopSettings,
+}
+
+/// The DPoP proof algorithms accepted when the config names none (asymmetric only).
+pub const DEFAULT_DPOP_ALGORITHMS: &[Algorithm] = &[
+    Algorithm::ES256,
+    Algorithm::RS256,
+    Algorithm::PS256,
+    Algorithm::EdDSA,
+];
+
+/// How DPoP proofs are checked (`[server] dpop_*`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct DpopSettings {
+    pub algorithms: Vec<Algorithm>,
+    pub max_age: Duration,
+    pub leeway: Duration,
+}
+
+impl DpopSettings {
+    /// How long a proof's `jti` is remembered: every `iat` still accepted.
+    pub fn replay_window(&self) -> Duration {
+        self.max_age + self.leeway * 2
+    }
 }
 
 /// `[server.tls] client_ca_path` / `client_auth`.
@@ -123,6 +149,7 @@ pub struct IssuerConfig {
     pub max_refresh: Duration,
     pub unknown_kid_cooldown: Duration,
     pub fetch_timeout: Duration,
+    pub dpop: DpopMode,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -155,6 +182,8 @@ pub struct RouteConfig {
     /// `None`: the server default.
     pub require_tls: Option<bool>,
     pub mode: RouteMode,
+    /// `None`: the token issuer's default.
+    pub dpop: Option<DpopMode>,
 }
 
 struct Collector {
@@ -430,6 +459,73 @@ fn server_settings(f: &ServerFile, base_dir: &Path, c: &mut Collector) -> Server
         ),
         client_tls,
         client_cert_header,
+        public_origin: public_origin(f.public_url.as_deref(), c),
+        dpop: dpop_settings(f, c),
+    }
+}
+
+fn public_origin(url: Option<&str>, c: &mut Collector) -> Option<String> {
+    let url = url?;
+    let origin = url.split_once("://").and_then(|(scheme, rest)| {
+        let authority = rest.strip_suffix('/').unwrap_or(rest);
+        if authority.contains(['/', '?', '#']) {
+            return None;
+        }
+        crate::policy::normalize_origin(&scheme.to_ascii_lowercase(), authority)
+    });
+    if origin.is_none() {
+        c.push(
+            "server.public_url",
+            format!("{url:?} is not an http(s) URL of scheme, host and port only (e.g. \"https://api.wetrials.com\")"),
+        );
+    }
+    origin
+}
+
+fn dpop_settings(f: &ServerFile, c: &mut Collector) -> DpopSettings {
+    let mut algorithms = Vec::new();
+    match &f.dpop_algorithms {
+        None => algorithms.extend_from_slice(DEFAULT_DPOP_ALGORITHMS),
+        Some(list) => {
+            if list.is_empty() {
+                c.push("server.dpop_algorithms", "must list at least one algorithm");
+            }
+            for (i, a) in list.iter().enumerate() {
+                match parse_algorithm(a) {
+                    Ok(alg) if !algorithms.contains(&alg) => algorithms.push(alg),
+                    Ok(_) => {}
+                    Err(e) => c.push(format!("server.dpop_algorithms[{i}]"), e),
+                }
+            }
+        }
+    }
+    let max_age = f.dpop_max_age_secs.unwrap_or(60);
+    if !(1..=3600).contains(&max_age) {
+        c.push("server.dpop_max_age_secs", "must be between 1 and 3600");
+    }
+    let leeway = f.dpop_leeway_secs.unwrap_or(5);
+    if leeway > 300 {
+        c.push("server.dpop_leeway_secs", "at most 300 seconds");
+    }
+    DpopSettings {
+        algorithms,
+        max_age: Duration::from_secs(max_age.clamp(1, 3600)),
+        leeway: Duration::from_secs(leeway.min(300)),
+    }
+}
+
+fn dpop_mode(v: Option<&str>, at: String, c: &mut Collector) -> Option<DpopMode> {
+    match v? {
+        "off" => Some(DpopMode::Off),
+        "allowed" => Some(DpopMode::Allowed),
+        "required" => Some(DpopMode::Required),
+        other => {
+            c.push(
+                at,
+                format!("{other:?} is not one of \"off\", \"allowed\", \"required\""),
+            );
+            None
+        }
     }
 }
 
@@ -668,6 +764,7 @@ fn issuer(f: &IssuerFile, base_dir: &Path, at: &str, c: &mut Collector) -> Optio
             "must not exceed jwks_max_refresh_secs",
         );
     }
+    let dpop = dpop_mode(f.dpop.as_deref(), format!("{at}.dpop"), c).unwrap_or_default();
     if c.problems.len() != before {
         return None;
     }
@@ -684,6 +781,7 @@ fn issuer(f: &IssuerFile, base_dir: &Path, at: &str, c: &mut Collector) -> Optio
         max_refresh: Duration::from_secs(max_refresh),
         unknown_kid_cooldown: Duration::from_secs(f.unknown_kid_cooldown_secs.unwrap_or(10)),
         fetch_timeout: Duration::from_millis(f.jwks_timeout_ms.unwrap_or(3000).max(1)),
+        dpop,
     })
 }
 
@@ -921,6 +1019,13 @@ fn route(
             }
         }
     }
+    let dpop = dpop_mode(f.dpop.as_deref(), format!("{at}.dpop"), c);
+    if dpop.is_some() && auth == AuthMode::None {
+        c.push(
+            format!("{at}.dpop"),
+            "has no effect on an auth = \"none\" route",
+        );
+    }
     for group in &limit_groups {
         if let Err(e) = crate::ratelimit::RateLimiter::validate_limits(&group.limits) {
             c.push(format!("{at}.rate_limit"), e.to_string());
@@ -943,6 +1048,7 @@ fn route(
         allow_encoded_slashes: f.allow_encoded_slashes.unwrap_or(false),
         require_tls: f.require_tls,
         mode,
+        dpop,
     })
 }
 

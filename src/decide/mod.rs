@@ -7,6 +7,7 @@
 //! a [`Recorder`] for the steps.
 
 pub(crate) mod clientkey;
+mod dpop;
 mod reject;
 pub(crate) mod trace;
 
@@ -349,7 +350,19 @@ async fn admit<R: Request, T: Trace + Send>(
     let report = route.mode == RouteMode::Report;
     if route.auth == AuthMode::Jwt {
         let mut seen = None;
-        let principal = match authenticate(snap, &req.view(), &route, &mut seen, trace).await {
+        let mut via_dpop = false;
+        let authenticated = authenticate(
+            snap,
+            metrics,
+            &req.view(),
+            &route,
+            adm,
+            (&mut seen, &mut via_dpop),
+            trace,
+            effects,
+        )
+        .await;
+        let principal = match authenticated {
             Ok(p) => Some(p),
             Err(e) => {
                 let issuer = seen
@@ -364,7 +377,7 @@ async fn admit<R: Request, T: Trace + Send>(
                     result: e.reason(),
                 });
                 adm.auth_result = e.reason();
-                refuse(report, adm, trace, Reject::Auth(e))?;
+                refuse(report, adm, trace, dpop::reject(snap, &route, via_dpop, e))?;
                 None
             }
         };
@@ -468,20 +481,26 @@ async fn admit<R: Request, T: Trace + Send>(
     Ok(())
 }
 
+/// `seen`: the issuer's index once the token named one; `via_dpop`: the DPoP scheme was used.
+#[allow(clippy::too_many_arguments)]
 async fn authenticate<T: Trace>(
     snap: &Snapshot,
+    metrics: &Metrics,
     v: &RequestView<'_>,
     route: &Route,
-    seen: &mut Option<usize>,
+    adm: &Admission,
+    (seen, via_dpop): (&mut Option<usize>, &mut bool),
     trace: &mut T,
+    effects: Effects,
 ) -> Result<Arc<Principal>, AuthError> {
     let max = snap.config.server.max_token_bytes;
-    let token = match bearer::from_authorization(
+    let (scheme, token) = match bearer::from_authorization_with(
         v.headers
             .get_all(AUTHORIZATION)
             .iter()
             .map(|h| h.as_bytes()),
         max,
+        dpop::scheme_accepted(snap, route),
     ) {
         Err(AuthError::MissingToken) => {
             // Only routes that opt in look elsewhere.
@@ -500,7 +519,7 @@ async fn authenticate<T: Trace>(
                 Some((source, t)) => {
                     trace.step(|| Step::Credentials { source });
                     let t = bearer::from_value(&t, max)?;
-                    return authenticate_token(snap, v, route, t.0, seen).await;
+                    return authenticate_token(snap, v, route, t.0, seen, false).await;
                 }
                 None => {
                     trace.step(|| Step::Credentials { source: "none" });
@@ -510,10 +529,20 @@ async fn authenticate<T: Trace>(
         }
         other => other?,
     };
+    *via_dpop = scheme == bearer::Scheme::Dpop;
     trace.step(|| Step::Credentials {
-        source: "authorization",
+        source: if *via_dpop {
+            "authorization (DPoP scheme)"
+        } else {
+            "authorization"
+        },
     });
-    authenticate_token(snap, v, route, token.0, seen).await
+    let p = authenticate_token(snap, v, route, token.0, seen, *via_dpop).await?;
+    if *via_dpop {
+        // Every request, also on a verified-token cache hit: the proof is per request.
+        dpop::check(snap, metrics, v, adm, token.0, &p, effects, trace).await?;
+    }
+    Ok(p)
 }
 
 async fn authenticate_token(
@@ -522,6 +551,7 @@ async fn authenticate_token(
     route: &Route,
     token: &str,
     seen: &mut Option<usize>,
+    via_dpop: bool,
 ) -> Result<Arc<Principal>, AuthError> {
     let p = snap
         .auth
@@ -533,9 +563,15 @@ async fn authenticate_token(
             return Err(AuthError::IssuerNotAllowed);
         }
     }
+    match (dpop::mode(snap, route, &p), via_dpop) {
+        // The DPoP scheme is not accepted for this issuer's tokens here: no credentials.
+        (crate::config::DpopMode::Off, true) => return Err(AuthError::MissingToken),
+        (crate::config::DpopMode::Required, false) => return Err(AuthError::DpopRequired),
+        _ => {}
+    }
     if let Some(b) = p.binding.as_deref() {
-        // RFC 9449 §7.1: a DPoP-bound token sent as a bearer token is refused.
-        if b.jkt.is_some() {
+        // RFC 9449 §7.2: a DPoP-bound token sent as a bearer token is refused.
+        if b.jkt.is_some() && !via_dpop {
             return Err(AuthError::DpopBound);
         }
         // RFC 8705 §3: only with the certificate it was issued to.

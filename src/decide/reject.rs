@@ -45,6 +45,9 @@ pub enum Reject {
     BodyTooLarge(usize),
     /// Body not parseable where it must be read: 400.
     BadBody(&'static str),
+    /// An authentication refusal answered with a `DPoP` challenge (RFC 9449 §7.1): the request
+    /// used the DPoP scheme, or the route requires it. `algs`: the proof algorithms accepted.
+    Dpop { error: AuthError, algs: String },
 }
 
 impl Reject {
@@ -58,9 +61,17 @@ impl Reject {
             | Reject::Malformed(_)
             | Reject::ClientAuthConflict(_) => 400,
             Reject::TlsRequired { status } => *status,
-            Reject::Auth(AuthError::InvalidRequest(_)) => 400,
-            Reject::Auth(AuthError::KeysUnavailable) => 503,
-            Reject::Auth(_) => 401,
+            Reject::Auth(AuthError::InvalidRequest(_))
+            | Reject::Dpop {
+                error: AuthError::InvalidRequest(_),
+                ..
+            } => 400,
+            Reject::Auth(AuthError::KeysUnavailable | AuthError::ReplayCacheUnavailable)
+            | Reject::Dpop {
+                error: AuthError::KeysUnavailable | AuthError::ReplayCacheUnavailable,
+                ..
+            } => 503,
+            Reject::Auth(_) | Reject::Dpop { .. } => 401,
             Reject::Scope(_) => 403,
             Reject::RateLimited { .. } => 429,
             Reject::LimiterUnavailable => 503,
@@ -78,7 +89,7 @@ impl Reject {
             Reject::Malformed(_) => "malformed_request",
             Reject::ClientAuthConflict(_) => "client_auth_conflict",
             Reject::TlsRequired { .. } => "tls_required",
-            Reject::Auth(e) => e.reason(),
+            Reject::Auth(e) | Reject::Dpop { error: e, .. } => e.reason(),
             Reject::Scope(_) => "insufficient_scope",
             Reject::RateLimited { .. } => "rate_limited",
             Reject::LimiterUnavailable => "limiter_unavailable",
@@ -111,7 +122,22 @@ impl Reject {
                 "temporarily_unavailable",
                 "signing keys of the token issuer are not loaded yet".into(),
             ),
+            Reject::Auth(e @ AuthError::ReplayCacheUnavailable) => {
+                ("temporarily_unavailable", e.to_string())
+            }
             Reject::Auth(e) => ("invalid_token", e.to_string()),
+            Reject::Dpop { error, .. } => match error {
+                AuthError::MissingToken => (
+                    "invalid_request",
+                    "missing access token: this resource requires DPoP (RFC 9449)".into(),
+                ),
+                AuthError::InvalidRequest(_) => ("invalid_request", error.to_string()),
+                AuthError::Dpop(_) => ("invalid_dpop_proof", error.to_string()),
+                AuthError::KeysUnavailable | AuthError::ReplayCacheUnavailable => {
+                    Reject::Auth(error.clone()).error_pair()
+                }
+                _ => ("invalid_token", error.to_string()),
+            },
             Reject::Scope(m) => (
                 "insufficient_scope",
                 format!("token lacks a required scope: {}", m.0),
@@ -137,7 +163,22 @@ impl Reject {
         let quote = |s: &str| s.replace(['"', '\\'], "");
         match self {
             Reject::Auth(AuthError::MissingToken) => Some(format!("Bearer realm=\"{REALM}\"")),
-            Reject::Auth(AuthError::KeysUnavailable) => None,
+            Reject::Auth(AuthError::KeysUnavailable | AuthError::ReplayCacheUnavailable) => None,
+            Reject::Dpop {
+                error: AuthError::KeysUnavailable | AuthError::ReplayCacheUnavailable,
+                ..
+            } => None,
+            Reject::Dpop {
+                error: AuthError::MissingToken,
+                algs,
+            } => Some(format!("DPoP realm=\"{REALM}\", algs=\"{algs}\"")),
+            Reject::Dpop { algs, .. } => {
+                let (error, description) = self.error_pair();
+                Some(format!(
+                    "DPoP realm=\"{REALM}\", error=\"{error}\", error_description=\"{}\", algs=\"{algs}\"",
+                    quote(&description)
+                ))
+            }
             Reject::Auth(e @ AuthError::InvalidRequest(_)) => Some(format!(
                 "Bearer realm=\"{REALM}\", error=\"invalid_request\", error_description=\"{}\"",
                 quote(&e.to_string())
@@ -171,7 +212,12 @@ impl Reject {
             Reject::RateLimited { retry_after_secs } => {
                 h.push((RETRY_AFTER, Cow::Owned(retry_after_secs.to_string())));
             }
-            Reject::Auth(AuthError::KeysUnavailable) | Reject::LimiterUnavailable => {
+            Reject::Auth(AuthError::KeysUnavailable | AuthError::ReplayCacheUnavailable)
+            | Reject::Dpop {
+                error: AuthError::KeysUnavailable | AuthError::ReplayCacheUnavailable,
+                ..
+            }
+            | Reject::LimiterUnavailable => {
                 h.push((RETRY_AFTER, Cow::Borrowed("1")));
             }
             Reject::TlsRequired { status: 426 } => {
@@ -224,6 +270,47 @@ mod tests {
         let body: serde_json::Value = serde_json::from_slice(&r.body()).unwrap();
         assert_eq!(body["error"], "invalid_token");
         assert_eq!(body["error_description"], "token expired");
+    }
+
+    #[test]
+    fn dpop_refusals_carry_a_dpop_challenge_with_algs() {
+        let algs = "ES256 EdDSA".to_string();
+        let r = Reject::Dpop {
+            error: AuthError::Dpop(crate::auth::dpop::DpopError::Replay),
+            algs: algs.clone(),
+        };
+        assert_eq!(r.status(), 401);
+        assert_eq!(r.reason(), "dpop_replay");
+        let w = r.www_authenticate().unwrap();
+        assert!(
+            w.starts_with(
+                "DPoP realm=\"wetrials\", error=\"invalid_dpop_proof\", error_description=\""
+            ),
+            "{w}"
+        );
+        assert!(w.ends_with("algs=\"ES256 EdDSA\""), "{w}");
+        let r = Reject::Dpop {
+            error: AuthError::Expired,
+            algs: algs.clone(),
+        };
+        assert!(r
+            .www_authenticate()
+            .unwrap()
+            .contains("error=\"invalid_token\""));
+        let r = Reject::Dpop {
+            error: AuthError::MissingToken,
+            algs: algs.clone(),
+        };
+        assert_eq!(
+            r.www_authenticate().unwrap(),
+            "DPoP realm=\"wetrials\", algs=\"ES256 EdDSA\""
+        );
+        let r = Reject::Dpop {
+            error: AuthError::ReplayCacheUnavailable,
+            algs,
+        };
+        assert_eq!(r.status(), 503);
+        assert_eq!(r.www_authenticate(), None);
     }
 
     #[test]

@@ -70,6 +70,12 @@ pub(crate) enum Step {
         issuer: Option<String>,
         result: &'static str,
     },
+    /// The DPoP proof's checks (RFC 9449): the `htu` it must name (when known), and the result
+    /// (`ok` or the refusal reason). `explain` records no `jti`.
+    Dpop {
+        htu: Option<String>,
+        result: &'static str,
+    },
     /// Scopes the route requires, the token grants, and (when refused) the `scope=` a 403
     /// names.
     Scopes {
@@ -133,6 +139,16 @@ impl std::fmt::Display for Step {
                 f,
                 "token     refused: {result} (issuer {})",
                 issuer.as_deref().unwrap_or("not identified")
+            ),
+            Step::Dpop { htu, result } => write!(
+                f,
+                "dpop      proof {} (htu {})",
+                if *result == "ok" {
+                    "valid: typ, alg, key, signature, htm, htu, iat, jti, ath, cnf.jkt".to_string()
+                } else {
+                    format!("refused: {result}")
+                },
+                htu.as_deref().unwrap_or("unknown")
             ),
             Step::Scopes {
                 required,

@@ -9,7 +9,8 @@ mod scopes;
 
 pub(crate) use keys::{KeySource, LimitGroup};
 // Public for the fuzz targets (the `fuzzing` re-exports) and the config types.
+pub(crate) use path::normalize_origin;
 pub use path::{has_encoded_separator, normalize_path};
-pub use routes::{AuthMode, RouteMode, RouteTable};
+pub use routes::{AuthMode, DpopMode, RouteMode, RouteTable};
 pub(crate) use routes::{PathTemplate, Route};
 pub(crate) use scopes::{MissingScopes, RequiredScopes};

@@ -208,6 +208,38 @@ fn is_canonical(b: &[u8]) -> bool {
     !(seg_len == 0 || (dots == seg_len && seg_len <= 2))
 }
 
+/// `scheme://host[:port]` normalised: lower case, no default port, no userinfo accepted.
+pub(crate) fn normalize_origin(scheme: &str, authority: &str) -> Option<String> {
+    let default_port = match scheme {
+        "http" => "80",
+        "https" => "443",
+        _ => return None,
+    };
+    let authority = authority.to_ascii_lowercase();
+    let (host, port) = if authority.starts_with('[') {
+        let end = authority.find(']')? + 1;
+        let port = match &authority[end..] {
+            "" => None,
+            rest => Some(rest.strip_prefix(':')?),
+        };
+        (&authority[..end], port)
+    } else {
+        match authority.split_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (authority.as_str(), None),
+        }
+    };
+    if host.is_empty() || host.contains('@') || (!host.starts_with('[') && host.contains(':')) {
+        return None;
+    }
+    match port {
+        None | Some("") => Some(format!("{scheme}://{host}")),
+        Some(p) if p == default_port => Some(format!("{scheme}://{host}")),
+        Some(p) if p.bytes().all(|b| b.is_ascii_digit()) => Some(format!("{scheme}://{host}:{p}")),
+        Some(_) => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -100,6 +100,17 @@ pub enum AuthMode {
     None,
 }
 
+/// DPoP (RFC 9449) on a route or, as the default of its routes, an issuer: `off` (the `DPoP`
+/// scheme counts as no credentials), `allowed` (Bearer or DPoP; DPoP-bound tokens need DPoP),
+/// `required` (only DPoP-bound tokens with a proof).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DpopMode {
+    Off,
+    #[default]
+    Allowed,
+    Required,
+}
+
 /// Whether a route's authentication and scope checks refuse (`enforce`, the default) or only
 /// report what they would have refused (`report`): the request is forwarded, counted in
 /// `gateway_report_only_denials_total` and logged with `would_deny`.
@@ -137,6 +148,8 @@ pub struct Route {
     pub require_tls: Option<bool>,
     /// `report`: authentication and scope refusals are reported, not enforced.
     pub mode: RouteMode,
+    /// `None`: the default of the token's issuer.
+    pub dpop: Option<DpopMode>,
 }
 
 impl Route {
@@ -260,6 +273,7 @@ mod tests {
             allow_encoded_slashes: false,
             require_tls: None,
             mode: RouteMode::Enforce,
+            dpop: None,
         }
     }
 

@@ -286,6 +286,40 @@ impl RateLimiter {
         }
     }
 
+    /// The first use of `id` within `ttl`, in the shared store: `Ok(Some(true))` the first time,
+    /// `Ok(Some(false))` after; `Ok(None)` when there is no shared store (memory backend) or
+    /// Redis failed and `on_backend_error` is fail-open (counted as a fallback): the caller
+    /// decides in process. `peek` records nothing. For the DPoP replay cache (`id`: a digest).
+    pub async fn first_use(
+        &self,
+        id: &str,
+        ttl: Duration,
+        peek: bool,
+    ) -> Result<Option<bool>, RateLimitError> {
+        let Engine::Redis { remote, .. } = &self.engine else {
+            return Ok(None);
+        };
+        match remote.set_once(id, ttl, peek).await {
+            Ok(fresh) => Ok(Some(fresh)),
+            Err(e) => {
+                if !peek {
+                    self.metrics.redis_errors.inc();
+                }
+                match self.on_error {
+                    OnBackendError::FailOpen => {
+                        if !peek {
+                            self.metrics.fallbacks.inc();
+                        }
+                        Ok(None)
+                    }
+                    OnBackendError::FailClosed => {
+                        Err(RateLimitError::BackendUnavailable(remote.describe(&e)))
+                    }
+                }
+            }
+        }
+    }
+
     /// Checks a route's limits as [`RateLimiter::check`] will (for config validation at
     /// startup): at least one limit, each with `requests` >= 1 and a period from 1 ms to
     /// about 24.8 days.

@@ -407,6 +407,60 @@ impl RedisBackend {
         }
     }
 
+    /// `SET <prefix>:once:{<id>} 1 NX PX <ttl>`: `true` if `id` was not set (it now is, for
+    /// `ttl`); with `peek`, `EXISTS` only (`true` if absent). On the same slots, timeout and
+    /// health marking as the limiter's decisions (for the DPoP replay cache). `id` is a digest
+    /// (hex), never client text.
+    pub(crate) async fn set_once(
+        &self,
+        id: &str,
+        ttl: Duration,
+        peek: bool,
+    ) -> Result<bool, BackendError> {
+        let Some((slot, ticket)) = self.pick_slot(self.now_ms()) else {
+            return Err(BackendError::Down);
+        };
+        let key = format!("{}:once:{{{id}}}", self.key_prefix);
+        let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+        let mut used_generation = None;
+        let call = async {
+            let (generation, mut conn) = self.connection(slot, ticket).await?;
+            used_generation = Some(generation);
+            let reply: redis::RedisResult<redis::Value> = if peek {
+                redis::cmd("EXISTS").arg(&key).query_async(&mut conn).await
+            } else {
+                redis::cmd("SET")
+                    .arg(&key)
+                    .arg(1)
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(ttl_ms)
+                    .query_async(&mut conn)
+                    .await
+            };
+            match reply.map_err(BackendError::Redis)? {
+                redis::Value::Okay => Ok(true),
+                redis::Value::Nil => Ok(false),
+                redis::Value::Int(n) => Ok(n == 0),
+                redis::Value::SimpleString(s) if s == "OK" => Ok(true),
+                _ => Err(BackendError::BadReply(1)),
+            }
+        };
+        let result = tokio::time::timeout(self.timeout, call).await;
+        let err = match result {
+            Ok(Ok(fresh)) => {
+                self.mark_up(slot);
+                return Ok(fresh);
+            }
+            Ok(Err(e)) => e,
+            Err(_) => BackendError::Timeout(self.timeout),
+        };
+        if !matches!(err, BackendError::Down) {
+            self.mark_down(slot, used_generation, &err);
+        }
+        Err(err)
+    }
+
     fn now_ms(&self) -> u64 {
         u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
