@@ -260,7 +260,13 @@ async fn stale_or_future_iat_missing_or_wrong_ath_and_private_jwk_are_refused() 
     let token = env.bound_token(&client);
     let url = env.gw.url("/v1/studies/1");
     let with = |p: Value| patch(proof_claims("GET", &url, &token), p);
-    let other_token = env.bound_token(&client);
+    // Another token bound to the same key (a token minted in the same second with the same
+    // claims would be the same token).
+    let other_token = env.li.mint(&patch(
+        env.li.claims("alice", "read:studies", 900),
+        json!({"cnf": {"jkt": client.jkt()}}),
+    ));
+    assert_ne!(other_token, token);
     for (claims, needle) in [
         (with(json!({"iat": now() - 600})), "iat"),
         (with(json!({"iat": now() + 600})), "iat"),
