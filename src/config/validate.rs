@@ -10,6 +10,7 @@ use ipnet::IpNet;
 use jsonwebtoken::Algorithm;
 
 use super::file::*;
+use super::introspection::{issuer_introspection, route_problems, IntrospectionConfig};
 use super::{AdminToken, Authority, ConfigError, Problem};
 pub use crate::policy::AuthMode;
 use crate::policy::{KeySource, LimitGroup, PathTemplate, RequiredScopes};
@@ -111,6 +112,8 @@ pub struct IssuerConfig {
     pub max_refresh: Duration,
     pub unknown_kid_cooldown: Duration,
     pub fetch_timeout: Duration,
+    /// RFC 7662: opaque tokens, and JWTs on `introspect = true` routes.
+    pub introspection: Option<IntrospectionConfig>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -142,6 +145,8 @@ pub struct RouteConfig {
     pub allow_encoded_slashes: bool,
     /// `None`: the server default.
     pub require_tls: Option<bool>,
+    /// Introspect every token on this route, JWTs too.
+    pub introspect: bool,
 }
 
 struct Collector {
@@ -213,6 +218,13 @@ pub fn validate(file: &GatewayFile, base_dir: &Path) -> Result<GatewayConfig, Co
         if !route_names.insert(raw.name.clone()) {
             c.push(&at, format!("duplicate route name {:?}", raw.name));
         }
+        let introspecting: Vec<(&str, bool)> = file
+            .issuers
+            .iter()
+            .map(|i| (i.name.as_str(), i.introspection_endpoint.is_some()))
+            .collect();
+        let jwt_route = matches!(raw.auth.as_deref(), None | Some("jwt"));
+        route_problems(raw, jwt_route, &introspecting, &at, &mut c.problems);
         if let Some(cfg) = route(
             raw,
             &up_names,
@@ -597,6 +609,7 @@ fn issuer(f: &IssuerFile, base_dir: &Path, at: &str, c: &mut Collector) -> Optio
             "must not exceed jwks_max_refresh_secs",
         );
     }
+    let introspection = issuer_introspection(f, at, &mut c.problems);
     if c.problems.len() != before {
         return None;
     }
@@ -613,6 +626,7 @@ fn issuer(f: &IssuerFile, base_dir: &Path, at: &str, c: &mut Collector) -> Optio
         max_refresh: Duration::from_secs(max_refresh),
         unknown_kid_cooldown: Duration::from_secs(f.unknown_kid_cooldown_secs.unwrap_or(10)),
         fetch_timeout: Duration::from_millis(f.jwks_timeout_ms.unwrap_or(3000).max(1)),
+        introspection,
     })
 }
 
@@ -846,6 +860,7 @@ fn route(
         limit_groups,
         allow_encoded_slashes: f.allow_encoded_slashes.unwrap_or(false),
         require_tls: f.require_tls,
+        introspect: f.introspect.unwrap_or(false),
     })
 }
 

@@ -125,6 +125,8 @@ pub struct Route {
     pub allow_encoded_slashes: bool,
     /// `None`: the server default.
     pub require_tls: Option<bool>,
+    /// Introspect every token here (RFC 7662), JWTs too.
+    pub introspect: bool,
 }
 
 impl Route {
@@ -247,6 +249,7 @@ mod tests {
             limit_policy: String::new(),
             allow_encoded_slashes: false,
             require_tls: None,
+            introspect: false,
         }
     }
 
