@@ -23,7 +23,7 @@ use tracing::warn;
 pub(crate) use reject::{json_error, Reject};
 pub(crate) use trace::{Off, Recorder, Step, Trace};
 
-use crate::auth::{bearer, AuthError, Principal};
+use crate::auth::{bearer, AuthError, Principal, RouteAuth};
 use crate::config::{AuthMode, UnderscoreHeaders};
 use crate::metrics::Metrics;
 use crate::policy::{has_encoded_separator, normalize_path, KeySource, Route};
@@ -448,7 +448,7 @@ async fn authenticate<T: Trace>(
                 Some((source, t)) => {
                     trace.step(|| Step::Credentials { source });
                     let t = bearer::from_value(&t, max)?;
-                    return authenticate_token(snap, route, t.0, seen).await;
+                    return authenticate_token(snap, route, t.0, seen, trace).await;
                 }
                 None => {
                     trace.step(|| Step::Credentials { source: "none" });
@@ -461,19 +461,35 @@ async fn authenticate<T: Trace>(
     trace.step(|| Step::Credentials {
         source: "authorization",
     });
-    authenticate_token(snap, route, token.0, seen).await
+    authenticate_token(snap, route, token.0, seen, trace).await
 }
 
-async fn authenticate_token(
+async fn authenticate_token<T: Trace>(
     snap: &Snapshot,
     route: &Route,
     token: &str,
     seen: &mut Option<usize>,
+    trace: &mut T,
 ) -> Result<Arc<Principal>, AuthError> {
+    let needs = RouteAuth {
+        issuers: route.issuers.as_deref(),
+        introspect: route.introspect,
+    };
+    let mut introspected = None;
     let p = snap
         .auth
-        .authenticate(bearer::BearerToken(token), seen)
-        .await?;
+        .authenticate_for(bearer::BearerToken(token), needs, seen, &mut introspected)
+        .await;
+    if let Some(source) = introspected {
+        trace.step(|| Step::Introspection {
+            issuer: seen
+                .and_then(|i| snap.auth.issuers().get(i))
+                .map_or("_unknown", |i| i.name())
+                .to_string(),
+            source,
+        });
+    }
+    let p = p?;
     if let Some(allowed) = &route.issuers {
         let name = snap.auth.issuer_name(&p);
         if !allowed.iter().any(|n| **n == *name) {

@@ -59,7 +59,7 @@ impl Reject {
             | Reject::ClientAuthConflict(_) => 400,
             Reject::TlsRequired { status } => *status,
             Reject::Auth(AuthError::InvalidRequest(_)) => 400,
-            Reject::Auth(AuthError::KeysUnavailable) => 503,
+            Reject::Auth(AuthError::KeysUnavailable | AuthError::IntrospectionUnavailable) => 503,
             Reject::Auth(_) => 401,
             Reject::Scope(_) => 403,
             Reject::RateLimited { .. } => 429,
@@ -107,6 +107,10 @@ impl Reject {
                 ("invalid_request", "missing bearer token".into())
             }
             Reject::Auth(AuthError::InvalidRequest(d)) => ("invalid_request", (*d).into()),
+            Reject::Auth(AuthError::IntrospectionUnavailable) => (
+                "temporarily_unavailable",
+                "the token could not be checked with its issuer; try again shortly".into(),
+            ),
             Reject::Auth(AuthError::KeysUnavailable) => (
                 "temporarily_unavailable",
                 "signing keys of the token issuer are not loaded yet".into(),
@@ -137,7 +141,7 @@ impl Reject {
         let quote = |s: &str| s.replace(['"', '\\'], "");
         match self {
             Reject::Auth(AuthError::MissingToken) => Some(format!("Bearer realm=\"{REALM}\"")),
-            Reject::Auth(AuthError::KeysUnavailable) => None,
+            Reject::Auth(AuthError::KeysUnavailable | AuthError::IntrospectionUnavailable) => None,
             Reject::Auth(e @ AuthError::InvalidRequest(_)) => Some(format!(
                 "Bearer realm=\"{REALM}\", error=\"invalid_request\", error_description=\"{}\"",
                 quote(&e.to_string())
@@ -171,7 +175,8 @@ impl Reject {
             Reject::RateLimited { retry_after_secs } => {
                 h.push((RETRY_AFTER, Cow::Owned(retry_after_secs.to_string())));
             }
-            Reject::Auth(AuthError::KeysUnavailable) | Reject::LimiterUnavailable => {
+            Reject::Auth(AuthError::KeysUnavailable | AuthError::IntrospectionUnavailable)
+            | Reject::LimiterUnavailable => {
                 h.push((RETRY_AFTER, Cow::Borrowed("1")));
             }
             Reject::TlsRequired { status: 426 } => {
