@@ -38,6 +38,9 @@ pub struct Metrics {
     pub introspection_requests: IntCounterVec,
     /// Introspection cache lookups by issuer and result (hit, miss).
     pub introspection_cache: IntCounterVec,
+    /// `gateway_report_only_denials_total{route, reason}`: requests forwarded that an enforced
+    /// rule would have refused (report mode, `report_only` limits), by the same reasons.
+    pub report_only_denials: IntCounterVec,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -191,6 +194,14 @@ impl Metrics {
             &["issuer", "result"],
         )?;
         reg(Box::new(introspection_cache.clone()))?;
+        let report_only_denials = IntCounterVec::new(
+            Opts::new(
+                "gateway_report_only_denials_total",
+                "Requests forwarded that an enforced rule would have refused (report mode, report_only limits), by route and reason",
+            ),
+            &["route", "reason"],
+        )?;
+        reg(Box::new(report_only_denials.clone()))?;
         let ratelimit = std::sync::Arc::new(RateLimitMetrics::new(&registry)?);
         Ok(Metrics {
             registry,
@@ -216,6 +227,7 @@ impl Metrics {
             rejections,
             introspection_requests,
             introspection_cache,
+            report_only_denials,
         })
     }
 

@@ -68,6 +68,7 @@ pub fn build_parts(
     let listen = cfg.server.listen.clone();
     let admin_listen = cfg.admin.listen.clone();
     let tls = cfg.server.tls.clone();
+    let client_tls = cfg.server.client_tls.clone();
     let h2c = cfg.server.h2c;
     let access_log = cfg.logging.access_log;
     let threads = cfg.server.threads;
@@ -110,6 +111,9 @@ pub fn build_parts(
                 TlsSettings::intermediate(&cert.to_string_lossy(), &key.to_string_lossy())
                     .map_err(|e| BuildError::Tls(e.to_string()))?;
             settings.enable_h2();
+            if let Some(ct) = &client_tls {
+                settings.set_client_cert_verifier(client_verifier(ct)?);
+            }
             proxy.add_tls_with_settings(&listen, None, settings);
         }
         None => proxy.add_tcp(&listen),
@@ -183,6 +187,27 @@ fn prefetch_keys(snapshot: &Snapshot) {
         return;
     };
     runtime.block_on(snapshot.warm_up(&http, PREFETCH_LIMIT));
+}
+
+/// Client certificates must chain to the configured CAs (RFC 8705 §2.1: certificate-bound
+/// tokens then bind to a verified certificate); optional unless `client_auth = "required"`.
+fn client_verifier(
+    ct: &crate::config::ClientTls,
+) -> Result<Arc<dyn pingora::tls::ClientCertVerifier>, BuildError> {
+    use pingora::tls::{RootCertStore, WebPkiClientVerifier};
+    pingora::tls::install_default_crypto_provider();
+    let mut roots = RootCertStore::empty();
+    pingora::tls::load_ca_file_into_store(&ct.ca_path, &mut roots)
+        .map_err(|e| BuildError::Tls(format!("client_ca_path: {e}")))?;
+    let builder = WebPkiClientVerifier::builder(Arc::new(roots));
+    let builder = if ct.required {
+        builder
+    } else {
+        builder.allow_unauthenticated()
+    };
+    builder
+        .build()
+        .map_err(|e| BuildError::Tls(format!("client_ca_path: {e}")))
 }
 
 /// pingora sleeps the whole grace period after SIGTERM; we exit as soon as no request is

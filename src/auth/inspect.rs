@@ -163,6 +163,20 @@ pub(crate) fn inspect(token: &str, issuers: &[Arc<Issuer>], now: i64) -> TokenFa
             i.cfg.audiences
         ));
     }
+    if let Some(cnf) = claims.get("cnf") {
+        let mut bound = Vec::new();
+        if let Some(t) = cnf.get("x5t#S256").and_then(Value::as_str) {
+            bound.push(format!(
+                "the client certificate with SHA-256 {t} (RFC 8705)"
+            ));
+        }
+        if let Some(j) = cnf.get("jkt").and_then(Value::as_str) {
+            bound.push(format!("the DPoP key with thumbprint {j} (RFC 9449)"));
+        }
+        if !bound.is_empty() {
+            lines.push(format!("binding   bound to {}", bound.join(" and ")));
+        }
+    }
     let mut shown = Vec::new();
     for c in ["sub", "client_id", "azp", "scope", "scp"] {
         if let Some(v) = claims.get(c) {

@@ -111,8 +111,7 @@ struct ActiveResponse {
     aud: Option<Audience>,
     #[serde(default)]
     token_type: Option<String>,
-    #[serde(default)]
-    cnf: Option<Value>,
+    /// `cnf` is read by `Claims` (the same binding a JWT carries).
     #[serde(flatten)]
     claims: Claims,
 }
@@ -141,13 +140,12 @@ pub(crate) fn verdict(body: &[u8], rules: &Rules, now: u64) -> Result<Verdict, C
             "a refresh token is not an access token",
         )));
     }
-    if r.cnf.is_some() {
-        // Sender-constrained (DPoP `jkt`, mTLS `x5t#S256`): as a bearer token it must not
-        // pass without its proof, which this path does not check.
-        return Ok(inactive(AuthError::InvalidClaims(
-            "token is bound to a key (cnf) and cannot be used as a bearer token",
-        )));
-    }
+    // Sender-constrained (mTLS `x5t#S256`, DPoP `jkt`): the binding goes into the principal
+    // and the decision core checks it on every request, as for a JWT.
+    let binding = match r.claims.cnf.as_ref().map(|c| c.binding()).transpose() {
+        Ok(b) => b.flatten().map(Box::new),
+        Err(e) => return Ok(inactive(e)),
+    };
     if r.iss.as_deref().is_some_and(|i| i != rules.issuer) {
         return Ok(inactive(AuthError::WrongIssuer));
     }
@@ -183,6 +181,7 @@ pub(crate) fn verdict(body: &[u8], rules: &Rules, now: u64) -> Result<Verdict, C
             sub_len,
             client_id_len,
             strip_authorization: rules.strip_authorization,
+            binding,
         }),
         stale_at: r.exp.map(|e| e.saturating_add(rules.leeway)),
         ttl: positive_ttl(r.exp, now, rules.cache_ttl),

@@ -38,6 +38,60 @@ pub(crate) struct Claims {
     pub exp: Option<Value>,
     #[serde(default)]
     pub iat: Option<Value>,
+    /// RFC 7800 confirmation: the key the token is bound to.
+    #[serde(default)]
+    pub cnf: Option<Confirmation>,
+}
+
+/// `cnf` members the gateway enforces: a client certificate's SHA-256 thumbprint (RFC 8705
+/// §3.1) and a DPoP key's JWK thumbprint (RFC 9449 §6.1). A bound token is accepted only with
+/// that certificate, or with a DPoP proof by that key.
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct Confirmation {
+    #[serde(rename = "x5t#S256", default)]
+    pub x5t_s256: Option<String>,
+    #[serde(default)]
+    pub jkt: Option<String>,
+}
+
+/// What a token is bound to, checked on every request (also on a verified-token cache hit).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Binding {
+    /// SHA-256 of the DER of the client certificate the token was issued to.
+    pub cert_sha256: Option<[u8; 32]>,
+    /// The base64url JWK SHA-256 thumbprint (RFC 7638) of the DPoP key.
+    pub jkt: Option<Box<str>>,
+}
+
+impl Confirmation {
+    /// `None` for an unbound token; a malformed thumbprint refuses the token.
+    pub(crate) fn binding(&self) -> Result<Option<Binding>, AuthError> {
+        let cert_sha256 = match &self.x5t_s256 {
+            None => None,
+            Some(t) => {
+                let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                    .decode(t)
+                    .map_err(|_| AuthError::InvalidClaims("cnf x5t#S256 is not base64url"))?;
+                Some(<[u8; 32]>::try_from(bytes.as_slice()).map_err(|_| {
+                    AuthError::InvalidClaims("cnf x5t#S256 is not a SHA-256 thumbprint")
+                })?)
+            }
+        };
+        let jkt = match &self.jkt {
+            Some(j)
+                if j.len() != 43
+                    || !j
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') =>
+            {
+                return Err(AuthError::InvalidClaims(
+                    "cnf jkt is not a base64url SHA-256 thumbprint",
+                ))
+            }
+            other => other.as_deref().map(Box::from),
+        };
+        Ok((cert_sha256.is_some() || jkt.is_some()).then_some(Binding { cert_sha256, jkt }))
+    }
 }
 
 /// `scope`/`scp`: a space-delimited string or an array of strings.

@@ -64,6 +64,12 @@ pub enum AuthError {
     /// The introspection endpoint failed, timed out or answered garbage: 503, never admitted.
     #[error("token introspection is unavailable")]
     IntrospectionUnavailable,
+    /// A certificate-bound token (RFC 8705) without that client certificate.
+    #[error("token is bound to a client certificate that this request did not present")]
+    CertificateMismatch,
+    /// A DPoP-bound token (RFC 9449 §7.1) presented without a proof by its key.
+    #[error("token is bound to a DPoP key; send it with a DPoP proof")]
+    DpopBound,
 }
 
 impl AuthError {
@@ -86,6 +92,8 @@ impl AuthError {
             AuthError::UnforwardableClaim(_) => "unforwardable_claim",
             AuthError::Inactive => "inactive",
             AuthError::IntrospectionUnavailable => "introspection_unavailable",
+            AuthError::CertificateMismatch => "certificate_mismatch",
+            AuthError::DpopBound => "dpop_bound",
         }
     }
 }
@@ -106,6 +114,9 @@ pub struct Principal {
     sub_len: Option<u32>,
     client_id_len: Option<u32>,
     pub strip_authorization: bool,
+    /// What the token is bound to (`cnf`); boxed, since most tokens are bearer tokens and up
+    /// to `TOKEN_CACHE_CAPACITY` principals are cached.
+    pub(crate) binding: Option<Box<jwt::Binding>>,
 }
 
 /// A cache entry: the principal and the time (ms) from which it is stale (`exp` + leeway).
@@ -408,6 +419,10 @@ impl Authenticator {
             .and_then(|v| v.as_u64())
             .ok_or(AuthError::InvalidClaims("token has no exp claim"))?;
         let identity = claims.identity()?;
+        let binding = match &claims.cnf {
+            Some(cnf) => cnf.binding()?.map(Box::new),
+            None => None,
+        };
         let (text, sub_len, client_id_len) = Principal::pack(&identity);
         let principal = Arc::new(Principal {
             issuer_index: index,
@@ -417,6 +432,7 @@ impl Authenticator {
             text,
             sub_len,
             client_id_len,
+            binding,
         });
         if exp > now {
             // Stale once `now` (whole seconds) passes exp + leeway, as `jwt` checks it.
@@ -459,6 +475,7 @@ mod tests {
             text,
             sub_len: s,
             client_id_len: c,
+            binding: None,
         };
         assert_eq!(p.sub(), Some("user-1"));
         assert_eq!(p.client_id(), Some("app"));

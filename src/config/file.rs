@@ -76,6 +76,9 @@ pub struct ServerFile {
     /// Downstream connections open at once from one client address (IPv6: one /64); peers in
     /// `trusted_proxies` are exempt. Defaults to 256.
     pub max_connections_per_ip: Option<usize>,
+    /// Header in which a TLS-terminating proxy in `trusted_proxies` passes the client
+    /// certificate (URL-encoded PEM, as nginx's `$ssl_client_escaped_cert`). Not set: none.
+    pub client_cert_header: Option<String>,
 }
 
 impl Default for ServerFile {
@@ -100,6 +103,7 @@ impl Default for ServerFile {
             keepalive_timeout_ms: None,
             max_connections: None,
             max_connections_per_ip: None,
+            client_cert_header: None,
         }
     }
 }
@@ -114,6 +118,12 @@ fn default_listen() -> String {
 pub struct TlsFile {
     pub cert_path: String,
     pub key_path: String,
+    /// CA certificates (PEM) that client certificates must chain to; enables client
+    /// certificate verification (RFC 8705 certificate-bound tokens).
+    pub client_ca_path: Option<String>,
+    /// `"optional"` (default when `client_ca_path` is set: a client may present none) or
+    /// `"required"` (the TLS handshake fails without a valid client certificate).
+    pub client_auth: Option<String>,
 }
 
 /// `[admin]`: the side listener for `/metrics`, `/healthz`, `/readyz`, `POST /reload`.
@@ -295,6 +305,9 @@ pub struct RouteFile {
     /// Introspect every token here, JWTs too (revocation-sensitive routes); every issuer
     /// accepted here needs an `introspection_endpoint`. Defaults to false.
     pub introspect: Option<bool>,
+    /// `enforce` (default) or `report`: authentication and scope refusals are only reported
+    /// (forwarded, logged with `would_deny`, counted), for rolling a rule out.
+    pub mode: Option<String>,
 }
 
 /// A table or an array of tables.
@@ -323,4 +336,6 @@ pub struct RateLimitRuleFile {
     pub period: String,
     /// Sources tried in order. Defaults to `["ip"]`.
     pub key: Option<Vec<String>>,
+    /// Report what this limit would refuse instead of refusing it. Defaults to false.
+    pub report_only: Option<bool>,
 }

@@ -33,8 +33,9 @@ const SERVER: &[&str] = &[
     "keepalive_timeout_ms",
     "max_connections",
     "max_connections_per_ip",
+    "client_cert_header",
 ];
-const TLS: &[&str] = &["cert_path", "key_path"];
+const TLS: &[&str] = &["cert_path", "key_path", "client_ca_path", "client_auth"];
 const ADMIN: &[&str] = &["listen", "allowed_hosts", "token"];
 const LOGGING: &[&str] = &["format", "level", "access_log"];
 const RATE_LIMIT: &[&str] = &[
@@ -94,8 +95,9 @@ const ROUTE: &[&str] = &[
     "allow_encoded_slashes",
     "require_tls",
     "introspect",
+    "mode",
 ];
-const RULE: &[&str] = &["requests", "period", "key"];
+const RULE: &[&str] = &["requests", "period", "key", "report_only"];
 
 /// The line of `key = ...`, when exactly one line of the file assigns that key.
 fn line_of(raw: &str, key: &str) -> Option<usize> {

@@ -12,7 +12,7 @@ use jsonwebtoken::Algorithm;
 use super::file::*;
 use super::introspection::{issuer_introspection, route_problems, IntrospectionConfig};
 use super::{AdminToken, Authority, ConfigError, Problem};
-pub use crate::policy::AuthMode;
+pub use crate::policy::{AuthMode, RouteMode};
 use crate::policy::{KeySource, LimitGroup, PathTemplate, RequiredScopes};
 use crate::ratelimit::{Backend, LimitSpec, OnBackendError, RateLimiterConfig};
 
@@ -52,6 +52,18 @@ pub struct ServerSettings {
     pub keepalive_timeout: Duration,
     pub max_connections: usize,
     pub max_connections_per_ip: usize,
+    /// Client certificate verification on the TLS listener.
+    pub client_tls: Option<ClientTls>,
+    /// Lower-case header name carrying a client certificate from a trusted proxy.
+    pub client_cert_header: Option<String>,
+}
+
+/// `[server.tls] client_ca_path` / `client_auth`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClientTls {
+    pub ca_path: PathBuf,
+    /// A client without a certificate fails the handshake.
+    pub required: bool,
 }
 
 /// What becomes of request header names holding `_` (CGI/WSGI servers read `X_Auth_Subject`
@@ -147,6 +159,7 @@ pub struct RouteConfig {
     pub require_tls: Option<bool>,
     /// Introspect every token on this route, JWTs too.
     pub introspect: bool,
+    pub mode: RouteMode,
 }
 
 struct Collector {
@@ -293,6 +306,62 @@ fn server_settings(f: &ServerFile, base_dir: &Path, c: &mut Collector) -> Server
             format!("{max_header_bytes} is not from 1024 to 1048575"),
         );
     }
+    let client_tls = f.tls.as_ref().and_then(|t| {
+        let required = match t.client_auth.as_deref() {
+            None | Some("optional") => false,
+            Some("required") => true,
+            Some(other) => {
+                c.push(
+                    "server.tls.client_auth",
+                    format!("{other:?} is neither \"optional\" nor \"required\""),
+                );
+                false
+            }
+        };
+        match &t.client_ca_path {
+            Some(p) => {
+                let ca = resolve(base_dir, p);
+                if !ca.is_file() {
+                    c.push(
+                        "server.tls.client_ca_path",
+                        format!("{} is not a readable file", ca.display()),
+                    );
+                }
+                Some(ClientTls {
+                    ca_path: ca,
+                    required,
+                })
+            }
+            None => {
+                if t.client_auth.is_some() {
+                    c.push(
+                        "server.tls.client_auth",
+                        "needs client_ca_path (the CAs client certificates must chain to)",
+                    );
+                }
+                None
+            }
+        }
+    });
+    let client_cert_header = match f.client_cert_header.as_deref() {
+        None => None,
+        Some(h) if http::HeaderName::from_bytes(h.as_bytes()).is_ok() => {
+            if f.trusted_proxies.is_empty() {
+                c.push(
+                    "server.client_cert_header",
+                    "is believed only from trusted_proxies, and none are listed",
+                );
+            }
+            Some(h.to_ascii_lowercase())
+        }
+        Some(h) => {
+            c.push(
+                "server.client_cert_header",
+                format!("{h:?} is not a header name"),
+            );
+            None
+        }
+    };
     let tls = f.tls.as_ref().map(|t| {
         let cert = resolve(base_dir, &t.cert_path);
         let key = resolve(base_dir, &t.key_path);
@@ -371,6 +440,8 @@ fn server_settings(f: &ServerFile, base_dir: &Path, c: &mut Collector) -> Server
             f.max_connections_per_ip,
             256,
         ),
+        client_tls,
+        client_cert_header,
     }
 }
 
@@ -742,6 +813,24 @@ fn route(
             "auth = \"jwt\" needs at least one [[issuers]]",
         );
     }
+    let mode = match f.mode.as_deref() {
+        None | Some("enforce") => RouteMode::Enforce,
+        Some("report") if auth == AuthMode::None => {
+            c.push(
+                format!("{at}.mode"),
+                "\"report\" has no effect on an auth = \"none\" route (for its limits: report_only = true)",
+            );
+            RouteMode::Enforce
+        }
+        Some("report") => RouteMode::Report,
+        Some(other) => {
+            c.push(
+                format!("{at}.mode"),
+                format!("{other:?} is not one of \"enforce\", \"report\""),
+            );
+            RouteMode::Enforce
+        }
+    };
     if auth == AuthMode::None && (!f.scopes.is_empty() || !f.any_scopes.is_empty()) {
         c.push(
             at,
@@ -812,12 +901,19 @@ fn route(
                 }
             }
             if let Some(spec) = spec {
-                // Limits with the same key are decided together; another key opens a group.
-                match limit_groups.iter_mut().find(|g| g.key == keys) {
+                // Limits with the same key are decided together; another key opens a group,
+                // and so does report_only (a report-only refusal must not leave an enforced
+                // limit of the same key uncounted).
+                let report_only = rule.report_only.unwrap_or(false);
+                match limit_groups
+                    .iter_mut()
+                    .find(|g| g.key == keys && g.report_only == report_only)
+                {
                     Some(group) => group.limits.push(spec),
                     None => limit_groups.push(LimitGroup {
                         limits: vec![spec],
                         key: keys,
+                        report_only,
                     }),
                 }
             }
@@ -861,6 +957,7 @@ fn route(
         allow_encoded_slashes: f.allow_encoded_slashes.unwrap_or(false),
         require_tls: f.require_tls,
         introspect: f.introspect.unwrap_or(false),
+        mode,
     })
 }
 
@@ -971,6 +1068,44 @@ key = ["cookie:session", "ip"]
         assert_eq!(groups[0].limits[1].requests, 50);
         assert_eq!(groups[1].key, vec![KeySource::Ip]);
         assert_eq!(groups[1].limits[0].requests, 200);
+    }
+
+    #[test]
+    fn report_mode_and_report_only_limits_are_read_and_checked() {
+        let cfg = from_str(&GOOD.replace(
+            "[routes.rate_limit]\nrequests = 20\nperiod = \"1m\"\nkey = [\"cookie:session\", \"ip\"]",
+            "mode = \"report\"\n[[routes.rate_limit]]\nrequests = 20\nperiod = \"1m\"\nkey = [\"sub\"]\n[[routes.rate_limit]]\nrequests = 5\nperiod = \"1m\"\nkey = [\"sub\"]\nreport_only = true",
+        ))
+        .unwrap();
+        let route = &cfg.routes[0];
+        assert_eq!(route.mode, RouteMode::Report);
+        // A report-only limit is decided on its own, even with the same key.
+        let groups = &route.limit_groups;
+        assert_eq!(groups.len(), 2);
+        assert!(!groups[0].report_only && groups[1].report_only);
+        assert_eq!(groups[1].limits[0].requests, 5);
+        // Defaults: enforce, and enforced limits.
+        let cfg = from_str(GOOD).unwrap();
+        assert_eq!(cfg.routes[0].mode, RouteMode::Enforce);
+        assert!(!cfg.routes[0].limit_groups[0].report_only);
+        // Unknown modes, and report mode where there is nothing to report.
+        let err = from_str(&GOOD.replace(
+            "scopes = [\"read:studies\"]",
+            "scopes = [\"read:studies\"]\nmode = \"audit\"",
+        ))
+        .unwrap_err();
+        let all = err.problems().join("\n");
+        assert!(
+            all.contains("routes[0] \"studies-read\".mode: \"audit\" is not one of"),
+            "{all}"
+        );
+        let err = from_str(&GOOD.replace(
+            "scopes = [\"read:studies\"]",
+            "auth = \"none\"\nmode = \"report\"",
+        ))
+        .unwrap_err();
+        let all = err.problems().join("\n");
+        assert!(all.contains("routes[0] \"studies-read\".mode"), "{all}");
     }
 
     #[test]

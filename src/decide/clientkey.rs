@@ -8,6 +8,27 @@ use base64::Engine;
 use ipnet::IpNet;
 use sha2::{Digest, Sha256};
 
+/// The SHA-256 of the DER of a client certificate passed by a TLS-terminating proxy as
+/// URL-encoded PEM (nginx `$ssl_client_escaped_cert`, AWS ALB `X-Amzn-Mtls-Clientcert`); plain
+/// PEM with its newlines as spaces is read too. `None` for anything else.
+pub(crate) fn cert_sha256_from_header(value: &[u8]) -> Option<[u8; 32]> {
+    let text = std::str::from_utf8(value).ok()?;
+    let decoded = percent_encoding::percent_decode_str(text)
+        .decode_utf8()
+        .ok()?;
+    let body = decoded
+        .trim()
+        .strip_prefix("-----BEGIN CERTIFICATE-----")?
+        .trim_end()
+        .strip_suffix("-----END CERTIFICATE-----")?;
+    let b64: String = body.chars().filter(|c| !c.is_ascii_whitespace()).collect();
+    let der = base64::engine::general_purpose::STANDARD.decode(b64).ok()?;
+    if der.is_empty() {
+        return None;
+    }
+    Some(Sha256::digest(&der).into())
+}
+
 /// The client's address: the peer, or — when the peer is a trusted proxy — the right-most
 /// `X-Forwarded-For` entry that is not itself a trusted proxy.
 ///

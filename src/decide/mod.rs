@@ -26,7 +26,7 @@ pub(crate) use trace::{Off, Recorder, Step, Trace};
 use crate::auth::{bearer, AuthError, Principal, RouteAuth};
 use crate::config::{AuthMode, UnderscoreHeaders};
 use crate::metrics::Metrics;
-use crate::policy::{has_encoded_separator, normalize_path, KeySource, Route};
+use crate::policy::{has_encoded_separator, normalize_path, KeySource, Route, RouteMode};
 use crate::ratelimit::Decision;
 use crate::state::Snapshot;
 
@@ -47,6 +47,8 @@ pub(crate) struct RequestView<'a> {
     pub peer: Option<IpAddr>,
     /// Arrived over TLS on our own listener.
     pub tls: bool,
+    /// SHA-256 of the DER of the client certificate presented in our TLS handshake.
+    pub tls_client_cert: Option<&'a [u8]>,
 }
 
 /// A request the core can decide on: its view, and its body when a limit key needs a
@@ -69,6 +71,8 @@ pub(crate) struct OfflineRequest {
     pub peer: Option<IpAddr>,
     pub tls: bool,
     pub body: Vec<u8>,
+    /// SHA-256 of the client certificate presented in the TLS handshake.
+    pub client_cert_sha256: Option<[u8; 32]>,
 }
 
 impl OfflineRequest {
@@ -85,6 +89,7 @@ impl OfflineRequest {
             peer: Some(IpAddr::from([127, 0, 0, 1])),
             tls: false,
             body: Vec::new(),
+            client_cert_sha256: None,
         })
     }
 }
@@ -100,6 +105,7 @@ impl Request for OfflineRequest {
             headers: &self.headers,
             peer: self.peer,
             tls: self.tls,
+            tls_client_cert: self.client_cert_sha256.as_ref().map(|c| c.as_slice()),
         }
     }
 
@@ -131,6 +137,9 @@ pub(crate) struct Admission {
     pub rate: Option<Decision>,
     /// For logs and metrics: `public`, `ok`, or why authentication or scopes failed.
     pub auth_result: &'static str,
+    /// Report mode: the reason (a [`Reject::reason`]) the first gate that only reports would
+    /// have refused the request for. `None` when nothing would have been refused.
+    pub would_deny: Option<&'static str>,
 }
 
 impl Default for Admission {
@@ -145,6 +154,7 @@ impl Default for Admission {
             client_id: None,
             rate: None,
             auth_result: "-",
+            would_deny: None,
         }
     }
 }
@@ -185,10 +195,20 @@ pub(crate) async fn decide<R: Request, T: Trace + Send>(
 ) -> Result<(), Reject> {
     let result = admit(snap, metrics, req, adm, trace, effects).await;
     match &result {
-        Ok(()) => trace.step(|| Step::Verdict {
-            status: 0,
-            reason: "forwarded",
-        }),
+        Ok(()) => {
+            if let (Some(reason), Some(route), Effects::Count) =
+                (adm.would_deny, &adm.route, effects)
+            {
+                metrics
+                    .report_only_denials
+                    .with_label_values(&[route.name.as_str(), reason])
+                    .inc();
+            }
+            trace.step(|| Step::Verdict {
+                status: 0,
+                reason: "forwarded",
+            })
+        }
         Err(reject) => {
             let route = adm.route.as_ref().map_or("_none", |r| r.name.as_str());
             if effects == Effects::Count {
@@ -204,6 +224,25 @@ pub(crate) async fn decide<R: Request, T: Trace + Send>(
         }
     }
     result
+}
+
+/// A gate refused: `Err` when it is enforced; when it only reports, note the first such
+/// refusal in `adm.would_deny` (the reason enforcing would have answered with) and go on.
+fn refuse<T: Trace>(
+    report: bool,
+    adm: &mut Admission,
+    trace: &mut T,
+    reject: Reject,
+) -> Result<(), Reject> {
+    if !report {
+        return Err(reject);
+    }
+    trace.step(|| Step::WouldDeny {
+        status: reject.status(),
+        reason: reject.reason(),
+    });
+    adm.would_deny.get_or_insert(reject.reason());
+    Ok(())
 }
 
 fn ceil_secs(d: Duration) -> u64 {
@@ -305,11 +344,13 @@ async fn admit<R: Request, T: Trace + Send>(
         route
     };
 
-    // 2. who is calling?
+    // 2. who is calling? On a report-mode route a refusal here or in 2b is only noted: the
+    // request goes on (without identity, when the token was not valid) to the limits.
+    let report = route.mode == RouteMode::Report;
     if route.auth == AuthMode::Jwt {
         let mut seen = None;
         let principal = match authenticate(snap, &req.view(), &route, &mut seen, trace).await {
-            Ok(p) => p,
+            Ok(p) => Some(p),
             Err(e) => {
                 let issuer = seen
                     .and_then(|i| snap.auth.issuers().get(i))
@@ -323,40 +364,46 @@ async fn admit<R: Request, T: Trace + Send>(
                     result: e.reason(),
                 });
                 adm.auth_result = e.reason();
-                return Err(Reject::Auth(e));
+                refuse(report, adm, trace, Reject::Auth(e))?;
+                None
             }
         };
-        trace.step(|| Step::Token {
-            issuer: Some(snap.auth.issuer_name(&principal).to_string()),
-            result: "ok",
-        });
         // 2b. may it use this route?
-        let checked = route.scopes.check(principal.scopes());
-        trace.step(|| Step::Scopes {
-            required: route.scopes.to_string(),
-            granted: principal.scopes().to_string(),
-            missing: checked.as_ref().err().map(|m| m.0.clone()),
-        });
-        if let Err(missing) = checked {
-            if count {
-                metrics.auth(snap.auth.issuer_name(&principal), "insufficient_scope");
+        if let Some(principal) = principal {
+            trace.step(|| Step::Token {
+                issuer: Some(snap.auth.issuer_name(&principal).to_string()),
+                result: "ok",
+            });
+            let checked = route.scopes.check(principal.scopes());
+            trace.step(|| Step::Scopes {
+                required: route.scopes.to_string(),
+                granted: principal.scopes().to_string(),
+                missing: checked.as_ref().err().map(|m| m.0.clone()),
+            });
+            if let Err(missing) = checked {
+                if count {
+                    metrics.auth(snap.auth.issuer_name(&principal), "insufficient_scope");
+                }
+                adm.auth_result = "insufficient_scope";
+                // A valid token keeps its identity headers in report mode.
+                adm.principal = Some(principal);
+                refuse(report, adm, trace, Reject::Scope(missing))?;
+            } else {
+                if let Some(ok) = snap.auth_ok.get(principal.issuer_index).filter(|_| count) {
+                    ok.inc();
+                }
+                adm.auth_result = "ok";
+                adm.principal = Some(principal);
             }
-            adm.auth_result = "insufficient_scope";
-            adm.principal = Some(principal);
-            return Err(Reject::Scope(missing));
         }
-        if let Some(ok) = snap.auth_ok.get(principal.issuer_index).filter(|_| count) {
-            ok.inc();
-        }
-        adm.auth_result = "ok";
-        adm.principal = Some(principal);
     } else {
         trace.step(|| Step::Public);
         adm.auth_result = "public";
     }
 
     // 3. may they, right now? Each key's limits are decided together; groups in file
-    // order, so a refusal by a later group leaves the earlier groups' slots used.
+    // order, so a refusal by a later group leaves the earlier groups' slots used. A
+    // report-only group's refusal is only noted (a refused check records nothing).
     for (scope, group) in &route.limits {
         let (key, source) = limit_key(snap, req, adm, &route, &group.key, trace).await?;
         let decision = match effects {
@@ -395,9 +442,10 @@ async fn admit<R: Request, T: Trace + Send>(
                     adm.rate = Some(decision);
                 }
                 if !allowed {
-                    return Err(Reject::RateLimited {
+                    let reject = Reject::RateLimited {
                         retry_after_secs: retry,
-                    });
+                    };
+                    refuse(group.report_only, adm, trace, reject)?;
                 }
             }
             Err(e) => {
@@ -408,8 +456,12 @@ async fn admit<R: Request, T: Trace + Send>(
                 {
                     d.error.inc();
                 }
-                warn!(route = %route.name, error = %e, "rate limiter unavailable; failing closed");
-                return Err(Reject::LimiterUnavailable);
+                if group.report_only {
+                    warn!(route = %route.name, error = %e, "rate limiter unavailable for a report-only limit; not enforced");
+                } else {
+                    warn!(route = %route.name, error = %e, "rate limiter unavailable; failing closed");
+                }
+                refuse(group.report_only, adm, trace, Reject::LimiterUnavailable)?;
             }
         }
     }
@@ -448,7 +500,7 @@ async fn authenticate<T: Trace>(
                 Some((source, t)) => {
                     trace.step(|| Step::Credentials { source });
                     let t = bearer::from_value(&t, max)?;
-                    return authenticate_token(snap, route, t.0, seen, trace).await;
+                    return authenticate_token(snap, v, route, t.0, seen, trace).await;
                 }
                 None => {
                     trace.step(|| Step::Credentials { source: "none" });
@@ -461,11 +513,12 @@ async fn authenticate<T: Trace>(
     trace.step(|| Step::Credentials {
         source: "authorization",
     });
-    authenticate_token(snap, route, token.0, seen, trace).await
+    authenticate_token(snap, v, route, token.0, seen, trace).await
 }
 
 async fn authenticate_token<T: Trace>(
     snap: &Snapshot,
+    v: &RequestView<'_>,
     route: &Route,
     token: &str,
     seen: &mut Option<usize>,
@@ -496,7 +549,43 @@ async fn authenticate_token<T: Trace>(
             return Err(AuthError::IssuerNotAllowed);
         }
     }
+    if let Some(b) = p.binding.as_deref() {
+        // RFC 9449 §7.1: a DPoP-bound token sent as a bearer token is refused.
+        if b.jkt.is_some() {
+            return Err(AuthError::DpopBound);
+        }
+        // RFC 8705 §3: only with the certificate it was issued to.
+        if let Some(want) = b.cert_sha256 {
+            if presented_cert(snap, v) != Some(want) {
+                return Err(AuthError::CertificateMismatch);
+            }
+        }
+    }
     Ok(p)
+}
+
+/// The SHA-256 of the client certificate of this request: from our own TLS handshake, else
+/// from `client_cert_header` when a trusted proxy sent the request.
+fn presented_cert(snap: &Snapshot, v: &RequestView<'_>) -> Option<[u8; 32]> {
+    if let Some(d) = v.tls_client_cert {
+        return d.try_into().ok();
+    }
+    let name = snap.config.server.client_cert_header.as_deref()?;
+    let peer = v.peer?;
+    if !snap
+        .config
+        .server
+        .trusted_proxies
+        .iter()
+        .any(|n| n.contains(&peer))
+    {
+        return None;
+    }
+    let mut values = v.headers.get_all(name).iter();
+    match (values.next(), values.next()) {
+        (Some(one), None) => clientkey::cert_sha256_from_header(one.as_bytes()),
+        _ => None,
+    }
 }
 
 /// The limiter key and the tag of its source: the first source that yields a value;

@@ -653,3 +653,185 @@ async fn every_reject_reason_has_a_standard_json_answer() {
         );
     }
 }
+
+/// A report-mode route beside the enforced ones, and a public route whose first limit only
+/// reports (same key as an enforced one).
+const REPORT_ROUTES: &str = r#"
+[[routes]]
+name = "studies-report"
+methods = ["GET"]
+path = "/v1/report/{id}"
+upstream = "api"
+scopes = ["read:studies"]
+issuers = ["main"]
+mode = "report"
+
+[[routes]]
+name = "quota"
+path = "/v1/quota/*"
+upstream = "api"
+auth = "none"
+[[routes.rate_limit]]
+requests = 1
+period = "1m"
+key = ["ip"]
+report_only = true
+[[routes.rate_limit]]
+requests = 3
+period = "1m"
+key = ["ip"]
+"#;
+
+async fn report_core() -> Core {
+    Core::with(|t| t + REPORT_ROUTES, true).await
+}
+
+fn report_metric(core: &Core, route: &str, reason: &str) -> Option<String> {
+    let text = String::from_utf8(core.metrics.render()).unwrap();
+    let series =
+        format!(r#"gateway_report_only_denials_total{{reason="{reason}",route="{route}"}} "#);
+    text.lines()
+        .find_map(|l| l.strip_prefix(series.as_str()).map(str::to_string))
+}
+
+#[tokio::test]
+async fn report_mode_forwards_an_invalid_token_without_identity_and_says_why() {
+    let core = report_core().await;
+    let mut c = core.claims("u1", "read:studies");
+    c["exp"] = json!(now() - 60);
+    let expired = core.key.mint(json!({}), &c);
+    let (verdict, adm, trace) = core.run(&mut bearer(get("/v1/report/1"), &expired)).await;
+    assert_eq!(verdict, Ok(()));
+    assert_eq!(adm.would_deny, Some("expired"));
+    assert_eq!(adm.auth_result, "expired");
+    assert!(adm.principal.is_none());
+    assert_eq!(adm.identity_headers().count(), 0);
+    assert!(trace.steps.contains(&Step::WouldDeny {
+        status: 401,
+        reason: "expired"
+    }));
+    // No token at all: the same, for its own reason.
+    let (verdict, adm, _) = core.run(&mut get("/v1/report/1")).await;
+    assert_eq!(verdict, Ok(()));
+    assert_eq!(adm.would_deny, Some("missing"));
+    // Counted as a report-only denial, not as a rejection.
+    assert_eq!(
+        report_metric(&core, "studies-report", "expired").as_deref(),
+        Some("1")
+    );
+    assert_eq!(
+        report_metric(&core, "studies-report", "missing").as_deref(),
+        Some("1")
+    );
+    let text = String::from_utf8(core.metrics.render()).unwrap();
+    assert!(!text.contains("gateway_rejections_total{"), "{text}");
+    // A valid token with its scope: nothing to report.
+    let ok = core.token("u1", "read:studies");
+    let (verdict, adm, _) = core.run(&mut bearer(get("/v1/report/1"), &ok)).await;
+    assert_eq!(verdict, Ok(()));
+    assert_eq!(adm.would_deny, None);
+    assert_eq!(adm.identity_headers().count(), 3);
+    // The same token is still refused on an enforced route.
+    assert_eq!(
+        core.verdict(&mut bearer(get("/v1/studies/1"), &expired))
+            .await
+            .map_err(|r| r.reason()),
+        Err("expired")
+    );
+}
+
+#[tokio::test]
+async fn report_mode_forwards_a_missing_scope_with_the_callers_identity() {
+    let core = report_core().await;
+    let t = core.token("u1", "read:profile");
+    let (verdict, adm, trace) = core.run(&mut bearer(get("/v1/report/1"), &t)).await;
+    assert_eq!(verdict, Ok(()));
+    assert_eq!(adm.would_deny, Some("insufficient_scope"));
+    // The token is valid: its identity is forwarded.
+    assert_eq!(
+        adm.identity_headers().collect::<Vec<_>>(),
+        vec![
+            ("x-auth-subject", "u1"),
+            ("x-auth-client-id", "app"),
+            ("x-auth-scopes", "read:profile"),
+        ]
+    );
+    assert!(trace.steps.contains(&Step::WouldDeny {
+        status: 403,
+        reason: "insufficient_scope"
+    }));
+    assert_eq!(
+        report_metric(&core, "studies-report", "insufficient_scope").as_deref(),
+        Some("1")
+    );
+}
+
+#[tokio::test]
+async fn a_report_only_limit_forwards_over_quota_and_the_enforced_one_still_counts() {
+    let core = report_core().await;
+    // 1: within both limits.
+    let (verdict, adm, _) = core.run(&mut get("/v1/quota/a")).await;
+    assert_eq!(verdict, Ok(()));
+    assert_eq!(adm.would_deny, None);
+    // 2 and 3: over the report-only 1/min, within the enforced 3/min.
+    for _ in 0..2 {
+        let (verdict, adm, trace) = core.run(&mut get("/v1/quota/a")).await;
+        assert_eq!(verdict, Ok(()));
+        assert_eq!(adm.would_deny, Some("rate_limited"));
+        // The headers say what the limiter says: nothing left (under the report-only
+        // limit, and after the third request under the enforced one too).
+        assert_eq!(adm.rate.unwrap().remaining, 0);
+        assert!(trace.steps.contains(&Step::WouldDeny {
+            status: 429,
+            reason: "rate_limited"
+        }));
+    }
+    // 4: the enforced limit counted all three and refuses.
+    assert!(matches!(
+        core.verdict(&mut get("/v1/quota/a")).await,
+        Err(Reject::RateLimited { .. })
+    ));
+    assert_eq!(
+        report_metric(&core, "quota", "rate_limited").as_deref(),
+        Some("2")
+    );
+}
+
+#[tokio::test]
+async fn request_shape_refusals_are_enforced_on_a_report_route() {
+    let core = report_core().await;
+    let t = core.token("u1", "read:studies");
+    assert_eq!(
+        core.verdict(&mut bearer(get("/v1/report/a%2Fb"), &t)).await,
+        Err(Reject::EncodedSlash)
+    );
+    assert!(matches!(
+        core.verdict(&mut get("/v1/report/%zz")).await,
+        Err(Reject::BadPath(_))
+    ));
+    let mut lower =
+        OfflineRequest::new(Method::from_bytes(b"get").unwrap(), "/v1/report/1").unwrap();
+    assert!(matches!(
+        core.verdict(&mut lower).await,
+        Err(Reject::Malformed(_))
+    ));
+    let mut two_lengths = with(
+        get("/v1/report/1"),
+        &[("content-length", "1"), ("content-length", "1")],
+    );
+    assert!(matches!(
+        core.verdict(&mut two_lengths).await,
+        Err(Reject::Malformed(_))
+    ));
+    let mut req = get("/v1/report/1");
+    req.raw_target = b"x:/v1/report/1".to_vec();
+    assert!(matches!(
+        core.verdict(&mut req).await,
+        Err(Reject::BadTarget(_))
+    ));
+    let text = String::from_utf8(core.metrics.render()).unwrap();
+    assert!(
+        !text.contains("gateway_report_only_denials_total{"),
+        "{text}"
+    );
+}

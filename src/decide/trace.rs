@@ -94,6 +94,9 @@ pub(crate) enum Step {
         limit: u32,
         remaining: u32,
     },
+    /// A gate that only reports (report mode, a `report_only` limit) would have refused with
+    /// `status` for `reason`; the decision goes on.
+    WouldDeny { status: u16, reason: &'static str },
     /// The end: forwarded (`status` 0) or refused with `status` for `reason`.
     Verdict { status: u16, reason: &'static str },
 }
@@ -174,6 +177,12 @@ impl std::fmt::Display for Step {
                 "limit     {scope}: key {key} (from {source}): {}, {remaining} of {limit} left",
                 if *allowed { "allowed" } else { "refused" }
             ),
+            Step::WouldDeny { status, reason } => {
+                write!(
+                    f,
+                    "report    would refuse {status} ({reason}); not enforced"
+                )
+            }
             Step::Verdict { status: 0, .. } => write!(f, "verdict   forwarded"),
             Step::Verdict { status, reason } => write!(f, "verdict   {status} ({reason})"),
         }

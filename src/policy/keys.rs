@@ -6,11 +6,14 @@ use crate::ratelimit::LimitSpec;
 
 /// The limits of a route that share one key, decided together (all admit, or none counts).
 /// A route's groups are decided in file order, each on its own key: a per-IP limit beside a
-/// per-client one, say.
+/// per-client one, say. Report-only limits (`report_only = true`) form groups of their own,
+/// so an enforced limit never goes uncounted because a report-only one refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LimitGroup {
     pub limits: Vec<LimitSpec>,
     pub key: Vec<KeySource>,
+    /// A refusal is reported (`would_deny`), and the request forwarded.
+    pub report_only: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -10,6 +10,6 @@ mod scopes;
 pub(crate) use keys::{KeySource, LimitGroup};
 // Public for the fuzz targets (the `fuzzing` re-exports) and the config types.
 pub use path::{has_encoded_separator, normalize_path};
-pub use routes::{AuthMode, RouteTable};
+pub use routes::{AuthMode, RouteMode, RouteTable};
 pub(crate) use routes::{PathTemplate, Route};
 pub(crate) use scopes::{MissingScopes, RequiredScopes};

@@ -100,6 +100,16 @@ pub enum AuthMode {
     None,
 }
 
+/// Whether a route's authentication and scope checks refuse (`enforce`, the default) or only
+/// report what they would have refused (`report`): the request is forwarded, counted in
+/// `gateway_report_only_denials_total` and logged with `would_deny`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RouteMode {
+    #[default]
+    Enforce,
+    Report,
+}
+
 /// A route as the request path uses it (built from the config by `state`).
 #[derive(Debug)]
 pub struct Route {
@@ -127,6 +137,8 @@ pub struct Route {
     pub require_tls: Option<bool>,
     /// Introspect every token here (RFC 7662), JWTs too.
     pub introspect: bool,
+    /// `report`: authentication and scope refusals are reported, not enforced.
+    pub mode: RouteMode,
 }
 
 impl Route {
@@ -250,6 +262,7 @@ mod tests {
             allow_encoded_slashes: false,
             require_tls: None,
             introspect: false,
+            mode: RouteMode::Enforce,
         }
     }
 

@@ -20,7 +20,7 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{ErrorSource, ErrorType};
 use tracing::info;
 
-use crate::config::UnderscoreHeaders;
+use crate::config::{AuthMode, UnderscoreHeaders};
 use crate::decide::{self, json_error, Admission, Reject, RequestView};
 use crate::metrics::Metrics;
 use crate::policy::Route;
@@ -99,14 +99,23 @@ struct PingoraRequest<'s> {
 #[async_trait]
 impl decide::Request for PingoraRequest<'_> {
     fn view(&self) -> RequestView<'_> {
-        view_of(
+        let mut v = view_of(
             self.session.req_header(),
             self.session
                 .client_addr()
                 .and_then(|a| a.as_inet())
                 .map(|a| a.ip()),
             self.tls,
-        )
+        );
+        if self.tls {
+            v.tls_client_cert = self
+                .session
+                .digest()
+                .and_then(|d| d.ssl_digest.as_deref())
+                .map(|s| s.cert_digest.as_slice())
+                .filter(|d| !d.is_empty());
+        }
+        v
     }
 
     /// Reads with pingora's retry buffer on, so the body still reaches the upstream byte
@@ -161,6 +170,7 @@ pub(crate) fn view_of(
         headers: &req.headers,
         peer,
         tls,
+        tls_client_cert: None,
     }
 }
 
@@ -472,6 +482,24 @@ impl ProxyHttp for Gateway {
             up.insert_header(http::header::HOST, authority.as_str())?;
         }
         strip_request_headers(up, ctx.snap.config.server.headers_with_underscores);
+        // A client certificate header is the trusted proxy's to set, never a client's.
+        if let Some(name) = ctx.snap.config.server.client_cert_header.as_deref() {
+            let peer = session
+                .client_addr()
+                .and_then(|a| a.as_inet())
+                .map(|a| a.ip());
+            let trusted = peer.is_some_and(|p| {
+                ctx.snap
+                    .config
+                    .server
+                    .trusted_proxies
+                    .iter()
+                    .any(|n| n.contains(&p))
+            });
+            if !trusted {
+                up.remove_header(name);
+            }
+        }
         if session.as_ref().get_retry_buffer().is_some() {
             // We read the body (and answered any `Expect: 100-continue`); the upstream gets
             // it whole, so it must not answer another 100.
@@ -483,12 +511,21 @@ impl ProxyHttp for Gateway {
         for (name, value) in ctx.adm.identity_headers() {
             up.insert_header(name, value)?;
         }
-        if ctx
-            .adm
-            .principal
-            .as_ref()
-            .is_some_and(|p| p.strip_authorization)
-        {
+        let strip = match (&ctx.adm.principal, &ctx.adm.route) {
+            (Some(p), _) => p.strip_authorization,
+            // Report mode forwarded a token that did not verify: where the route's issuers
+            // strip theirs, the upstream never sees this one either.
+            (None, Some(r)) if ctx.adm.would_deny.is_some() && r.auth == AuthMode::Jwt => {
+                ctx.snap.auth.issuers().iter().any(|i| {
+                    i.cfg.strip_authorization
+                        && r.issuers
+                            .as_ref()
+                            .is_none_or(|names| names.iter().any(|n| n == i.name()))
+                })
+            }
+            _ => false,
+        };
+        if strip {
             up.remove_header(&AUTHORIZATION);
         }
         up.insert_header("x-request-id", ctx.request_id.as_str())?;
@@ -678,6 +715,7 @@ impl ProxyHttp for Gateway {
                 upstream,
                 outcome,
                 auth = ctx.adm.auth_result,
+                would_deny = ctx.adm.would_deny.unwrap_or("-"),
                 issuer,
                 client_id = ctx
                     .adm

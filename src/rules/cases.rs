@@ -69,6 +69,9 @@ pub(crate) struct Expect {
     pub limit_key: Option<String>,
     /// The exact `WWW-Authenticate` of the answer (empty: none).
     pub www_authenticate: Option<String>,
+    /// What a gate that only reports would have refused for (report mode, `report_only`
+    /// limits): a refusal reason such as `expired` or `insufficient_scope`; `"none"`: nothing.
+    pub would_deny: Option<String>,
 }
 
 /// Problems, each `location: message`.
@@ -395,6 +398,7 @@ fn expect(at: &str, t: &toml::Table, p: &mut Problems) -> Expect {
             "headers",
             "limit_key",
             "www_authenticate",
+            "would_deny",
         ],
         p,
     );
@@ -449,6 +453,7 @@ fn expect(at: &str, t: &toml::Table, p: &mut Problems) -> Expect {
         headers,
         limit_key: string(at, t, "limit_key", p),
         www_authenticate: string(at, t, "www_authenticate", p),
+        would_deny: string(at, t, "would_deny", p),
     }
 }
 

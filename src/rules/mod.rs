@@ -468,6 +468,15 @@ fn compare(
         };
         check(&mut diffs, &format!("header {name}"), want, got);
     }
+    if let Some(want) = &e.would_deny {
+        let want = if want.is_empty() { "none" } else { want };
+        check(
+            &mut diffs,
+            "would_deny",
+            want,
+            adm.would_deny.unwrap_or("none"),
+        );
+    }
     if let Some(want) = &e.limit_key {
         let keys: Vec<&str> = trace
             .steps
