@@ -5,12 +5,13 @@ SHELL := /bin/bash
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 CARGO ?= cargo
 
-.PHONY: demo test deps lint bench bench-ratelimit bench-instructions check-config fuzz
+.PHONY: demo test deps authz lint bench bench-ratelimit bench-instructions check-config fuzz
 
 # Debian packages the build and the tests need: cmake (pingora's libz-ng-sys), redis-server
 # (shared rate-limit tests), promtool from `prometheus` (metrics and alert-rule checks),
 # python3 and nodejs (real upstream stacks that decode requests differently: tests/attacks.rs),
-# chromium (the admin console, rendered in a real headless browser: tests/console.rs).
+# chromium (the admin console, rendered in a real headless browser: tests/console.rs),
+# npm (the real authorization server of the token tests: node oidc-provider, tests/authz).
 deps:
 	@missing=""; \
 	command -v cmake >/dev/null 2>&1 || missing="$$missing cmake"; \
@@ -20,6 +21,7 @@ deps:
 	command -v python3 >/dev/null 2>&1 || missing="$$missing python3"; \
 	command -v node >/dev/null 2>&1 || missing="$$missing nodejs"; \
 	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
+	command -v npm >/dev/null 2>&1 || missing="$$missing npm"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing:$$missing"; \
 		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
@@ -33,7 +35,12 @@ lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --locked --all-targets -- -D warnings
 
-test: deps lint
+# The authorization server of tests/introspection.rs at its pinned version (the tests also
+# run this on first use when node_modules is missing).
+authz: deps
+	cd tests/authz && npm ci --no-audit --no-fund --loglevel=error
+
+test: deps authz lint
 	$(CARGO) run --locked -q -- check --config config/gateway.toml
 	$(CARGO) run --locked -q -- test --config config/gateway.toml config/gateway.tests.toml
 	$(CARGO) test --locked

@@ -34,6 +34,10 @@ pub struct Metrics {
     /// `gateway_rejections_total{route, reason}`: requests the gateway answered itself, by
     /// the bounded reason of the access log (`bad_target`, `encoded_slash`, `tls_required`, …).
     pub rejections: IntCounterVec,
+    /// RFC 7662 calls by issuer and result (active, inactive, error, timeout).
+    pub introspection_requests: IntCounterVec,
+    /// Introspection cache lookups by issuer and result (hit, miss).
+    pub introspection_cache: IntCounterVec,
     /// `gateway_report_only_denials_total{route, reason}`: requests forwarded that an enforced
     /// rule would have refused (report mode, `report_only` limits), by the same reasons.
     pub report_only_denials: IntCounterVec,
@@ -177,6 +181,22 @@ impl Metrics {
             &["route", "reason"],
         )?;
         reg(Box::new(rejections.clone()))?;
+        let introspection_requests = IntCounterVec::new(
+            Opts::new(
+                "gateway_introspection_requests_total",
+                "Token introspection calls (RFC 7662) by issuer and result (active, inactive, error, timeout)",
+            ),
+            &["issuer", "result"],
+        )?;
+        reg(Box::new(introspection_requests.clone()))?;
+        let introspection_cache = IntCounterVec::new(
+            Opts::new(
+                "gateway_introspection_cache_total",
+                "Introspection cache lookups by issuer and result (hit, miss)",
+            ),
+            &["issuer", "result"],
+        )?;
+        reg(Box::new(introspection_cache.clone()))?;
         let report_only_denials = IntCounterVec::new(
             Opts::new(
                 "gateway_report_only_denials_total",
@@ -216,6 +236,8 @@ impl Metrics {
             ratelimit,
             in_flight,
             rejections,
+            introspection_requests,
+            introspection_cache,
             report_only_denials,
             dpop_proofs,
         })
@@ -259,6 +281,14 @@ impl Metrics {
     pub fn forget_issuer(&self, issuer: &str) {
         let _ = self.jwks_keys.remove_label_values(&[issuer]);
         let _ = self.jwks_last_success.remove_label_values(&[issuer]);
+        for r in ["active", "inactive", "error", "timeout"] {
+            let _ = self
+                .introspection_requests
+                .remove_label_values(&[issuer, r]);
+        }
+        for r in ["hit", "miss"] {
+            let _ = self.introspection_cache.remove_label_values(&[issuer, r]);
+        }
     }
 
     /// Handles of one route's series, resolved once per config instead of per request.

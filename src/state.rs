@@ -230,6 +230,7 @@ pub(crate) fn route_from_config(cfg: &RouteConfig, index: usize, upstream: usize
         limit_policy,
         allow_encoded_slashes: cfg.allow_encoded_slashes,
         require_tls: cfg.require_tls,
+        introspect: cfg.introspect,
         mode: cfg.mode,
         dpop: cfg.dpop,
     }

@@ -2,7 +2,8 @@
 //! certificates against `client_ca_path`; a token whose `cnf` holds `x5t#S256` passes only
 //! with the certificate it names, in our own handshake or — from a trusted proxy only — in
 //! `client_cert_header`. A DPoP-bound token (`cnf.jkt`) sent as a bearer token is refused
-//! (RFC 9449 §7.1). Certificates are made with the `openssl` CLI.
+//! (RFC 9449 §7.1). Certificates are made with the `openssl` CLI; the last test takes its
+//! bound tokens (JWT and opaque) from a real authorization server, node oidc-provider.
 
 mod common;
 
@@ -347,4 +348,99 @@ async fn a_dpop_bound_token_sent_as_a_bearer_token_is_refused() {
         json!({"cnf": {"x5t#S256": "short"}}),
     ));
     assert_invalid_token(&send(gw.get("/v1/studies/1").bearer_auth(&bad)).await);
+}
+
+/// The same binding with tokens from a real authorization server (node oidc-provider, client
+/// `app-mtls` with `tls_client_certificate_bound_access_tokens`): a JWT access token bound to
+/// alice's certificate over our own TLS handshake, and an opaque one whose binding comes from
+/// the introspection answer's `cnf`, with the certificate from a trusted proxy's header.
+#[tokio::test]
+async fn certificate_bound_tokens_from_oidc_provider_pass_only_with_their_certificate() {
+    let p = pki();
+    let authz = AuthServer::start().await;
+    let echo = echo_upstream().await;
+    let alice = escaped(&p.alice.0);
+    let jwt = authz
+        .token_response(
+            ("app-mtls", "app-mtls-secret"),
+            "read:studies",
+            Some(JWT_RESOURCE),
+            &[("x-client-cert", &alice)],
+        )
+        .await;
+    assert_eq!(jwt["token_type"], "Bearer", "{jwt}");
+    let jwt = jwt["access_token"].as_str().unwrap().to_string();
+    let claims: serde_json::Value =
+        serde_json::from_slice(&b64url_decode(&token_parts(&jwt)[1])).unwrap();
+    assert_eq!(
+        claims["cnf"]["x5t#S256"],
+        thumbprint(&p.alice.0),
+        "{claims}"
+    );
+    let opaque = authz
+        .token_response(
+            ("app-mtls", "app-mtls-secret"),
+            "read:studies",
+            None,
+            &[("x-client-cert", &alice)],
+        )
+        .await["access_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    let issuer = IssuerSpec::new("authz", &authz.issuer())
+        .audiences(&[AUDIENCE, JWT_RESOURCE])
+        .jwks_uri(&authz.jwks_uri())
+        .set("introspection_endpoint", authz.introspection_endpoint())
+        .set("introspection_client_id", GATEWAY.0)
+        .set("introspection_client_secret", GATEWAY.1);
+    // Our own TLS handshake verifies the client certificate.
+    let tls = Config::new()
+        .issuer(issuer.clone())
+        .upstream(UpstreamSpec::echo("api", &echo))
+        .route(RouteSpec::new("studies", "/v1/studies/*", "api").scopes(&["read:studies"]))
+        .server_set(
+            "tls",
+            json!({
+                "cert_path": p.server.0.display().to_string(),
+                "key_path": p.server.1.display().to_string(),
+                "client_ca_path": p.ca.0.display().to_string(),
+            }),
+        );
+    let gw = TestGateway::start(&tls).await;
+    let url = format!("https://127.0.0.1:{}/v1/studies/1", gw.addr().port());
+    for t in [&jwt, &opaque] {
+        let ok = send(client(&p.ca.0, Some(&p.alice)).get(&url).bearer_auth(t)).await;
+        assert_eq!(ok.status, 200, "{}", ok.describe());
+        assert_invalid_token(&send(client(&p.ca.0, Some(&p.bob)).get(&url).bearer_auth(t)).await);
+        assert_invalid_token(&send(client(&p.ca.0, None).get(&url).bearer_auth(t)).await);
+    }
+    drop(gw);
+    // Behind a TLS proxy: the certificate in the header from a trusted peer.
+    let proxied = Config::new()
+        .issuer(issuer)
+        .upstream(UpstreamSpec::echo("api", &echo))
+        .route(RouteSpec::new("studies", "/v1/studies/*", "api").scopes(&["read:studies"]))
+        .trusted_proxies(&["127.0.0.1/32"])
+        .server_set("client_cert_header", "x-client-cert");
+    let gw = TestGateway::start(&proxied).await;
+    for t in [&jwt, &opaque] {
+        let ok = send(
+            gw.get("/v1/studies/1")
+                .bearer_auth(t)
+                .header("x-client-cert", &alice),
+        )
+        .await;
+        assert_eq!(ok.status, 200, "{}", ok.describe());
+        let bob = escaped(&p.bob.0);
+        assert_invalid_token(
+            &send(
+                gw.get("/v1/studies/1")
+                    .bearer_auth(t)
+                    .header("x-client-cert", &bob),
+            )
+            .await,
+        );
+    }
 }

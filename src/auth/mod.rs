@@ -7,6 +7,7 @@
 pub(crate) mod bearer;
 pub(crate) mod dpop;
 pub(crate) mod inspect;
+pub(crate) mod introspect;
 pub(crate) mod jwks;
 pub(crate) mod jwt;
 
@@ -57,6 +58,13 @@ pub enum AuthError {
     /// its value).
     #[error("token claim {0} cannot be forwarded faithfully")]
     UnforwardableClaim(&'static str),
+    /// RFC 7662: the authorization server says the token is not active (revoked, expired,
+    /// unknown).
+    #[error("token is not active")]
+    Inactive,
+    /// The introspection endpoint failed, timed out or answered garbage: 503, never admitted.
+    #[error("token introspection is unavailable")]
+    IntrospectionUnavailable,
     /// A certificate-bound token (RFC 8705) without that client certificate.
     #[error("token is bound to a client certificate that this request did not present")]
     CertificateMismatch,
@@ -95,6 +103,8 @@ impl AuthError {
             AuthError::InvalidClaims(_) => "invalid_claims",
             AuthError::KeysUnavailable => "keys_unavailable",
             AuthError::UnforwardableClaim(_) => "unforwardable_claim",
+            AuthError::Inactive => "inactive",
+            AuthError::IntrospectionUnavailable => "introspection_unavailable",
             AuthError::CertificateMismatch => "certificate_mismatch",
             AuthError::DpopBound => "dpop_bound",
             AuthError::Dpop(e) => e.reason(),
@@ -179,6 +189,18 @@ pub struct Authenticator {
     /// Shared with the previous snapshot's authenticator across a reload (see [`Self::new`]).
     cache: Arc<TokenCache>,
     metrics: Arc<Metrics>,
+    /// By issuer index: the issuers with an `introspection_endpoint`.
+    introspectors: Vec<Option<Arc<introspect::Introspector>>>,
+}
+
+/// What a route asks of authentication besides a valid token.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct RouteAuth<'a> {
+    /// The route's `issuers` (`None`: all): an opaque token goes to the one introspecting
+    /// issuer among them (config validation allows at most one per route).
+    pub issuers: Option<&'a [String]>,
+    /// `introspect = true`: a valid JWT is introspected too.
+    pub introspect: bool,
 }
 
 /// The verified-token cache and the keyed PRF of its ids (the two only make sense together).
@@ -218,11 +240,24 @@ impl Authenticator {
                 ids: Ids::new(),
             }),
         };
+        // An issuer's introspection cache survives a reload that keeps the issuer unchanged
+        // at the same index (a cached principal names its issuer by index).
+        let introspectors = issuers
+            .iter()
+            .enumerate()
+            .map(|(i, issuer)| {
+                let kept = previous
+                    .and_then(|p| p.introspectors.get(i).cloned().flatten())
+                    .filter(|old| old.issuer_uid == issuer.uid());
+                kept.or_else(|| introspect::Introspector::new(i, issuer, &metrics).map(Arc::new))
+            })
+            .collect();
         Authenticator {
             issuers,
             by_iss,
             cache,
             metrics,
+            introspectors,
         }
     }
 
@@ -257,7 +292,60 @@ impl Authenticator {
         token: BearerToken<'_>,
         issuer_seen: &mut Option<usize>,
     ) -> Result<Arc<Principal>, AuthError> {
+        self.authenticate_for(token, RouteAuth::default(), issuer_seen, &mut None)
+            .await
+    }
+
+    /// [`Self::authenticate`] for a route: a token that is not a JWS, or whose `iss` names no
+    /// issuer, is introspected by the route's introspecting issuer (if it has one); on an
+    /// `introspect = true` route a valid JWT is introspected too. `introspected` is set to where
+    /// the introspection answer came from (`endpoint` or `cache`) when there was one.
+    pub(crate) async fn authenticate_for(
+        &self,
+        token: BearerToken<'_>,
+        route: RouteAuth<'_>,
+        issuer_seen: &mut Option<usize>,
+        introspected: &mut Option<&'static str>,
+    ) -> Result<Arc<Principal>, AuthError> {
         let id = self.cache.ids.of(token.0);
+        let p = self
+            .verify(token, id, route, issuer_seen, introspected)
+            .await?;
+        if route.introspect && introspected.is_none() {
+            // Revocation-sensitive route: the server must still call the JWT active.
+            let intro = self.introspectors.get(p.issuer_index).cloned().flatten();
+            let intro = intro.ok_or(AuthError::IssuerNotAllowed)?;
+            intro.check(id, token.0, introspected).await?;
+        }
+        Ok(p)
+    }
+
+    /// The introspecting issuer an opaque token goes to on a route accepting `allowed`.
+    fn opaque_issuer(&self, allowed: Option<&[String]>) -> Option<usize> {
+        let mut found = None;
+        for (i, issuer) in self.issuers.iter().enumerate() {
+            if self.introspectors[i].is_none()
+                || allowed.is_some_and(|l| !l.iter().any(|n| n == issuer.name()))
+            {
+                continue;
+            }
+            if found.is_some() {
+                // Two candidates: refused by config validation; never guess where to send it.
+                return None;
+            }
+            found = Some(i);
+        }
+        found
+    }
+
+    async fn verify(
+        &self,
+        token: BearerToken<'_>,
+        id: u128,
+        route: RouteAuth<'_>,
+        issuer_seen: &mut Option<usize>,
+        introspected: &mut Option<&'static str>,
+    ) -> Result<Arc<Principal>, AuthError> {
         let now_ms = jwt::now_millis();
         let now = now_ms / 1000;
         let hit = self.cache.map.get_or_remove(id, |c| {
@@ -277,7 +365,24 @@ impl Authenticator {
         // Only tokens that passed every check are cached, so the character check of RFC 6750
         // is needed on a miss only.
         bearer::check_chars(token.0)?;
-        let unverified = jwt::parse(token.0)?;
+        let parsed = jwt::parse(token.0);
+        // Opaque to us: not a JWS at all, or one whose `iss` names no issuer.
+        let opaque = match &parsed {
+            Err(AuthError::Malformed(_)) => true,
+            Ok(u) => u
+                .iss
+                .as_deref()
+                .is_none_or(|i| !self.by_iss.contains_key(i)),
+            Err(_) => false,
+        };
+        if let Some(index) = opaque.then(|| self.opaque_issuer(route.issuers)).flatten() {
+            *issuer_seen = Some(index);
+            let intro = self.introspectors[index].clone();
+            if let Some(intro) = intro {
+                return intro.check(id, token.0, introspected).await;
+            }
+        }
+        let unverified = parsed?;
         let iss = unverified.iss.as_deref().ok_or(AuthError::WrongIssuer)?;
         let &index = self.by_iss.get(iss).ok_or(AuthError::WrongIssuer)?;
         *issuer_seen = Some(index);

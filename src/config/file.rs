@@ -251,6 +251,21 @@ pub struct IssuerFile {
     /// DPoP default of the routes that accept this issuer's tokens and set no `dpop`:
     /// `off`, `allowed` (default) or `required`.
     pub dpop: Option<String>,
+    /// RFC 7662 introspection endpoint (http(s) URL): validates opaque tokens, and JWTs on
+    /// `introspect = true` routes. Defaults to none.
+    pub introspection_endpoint: Option<String>,
+    /// Client authentication at the endpoint: `basic` (default) or `client_secret_post`.
+    pub introspection_auth: Option<String>,
+    /// Required with `introspection_endpoint`.
+    pub introspection_client_id: Option<String>,
+    /// Required with `introspection_endpoint` (write `"${INTROSPECTION_SECRET}"`).
+    pub introspection_client_secret: Option<Redacted>,
+    /// Bound on one introspection call, in ms. Defaults to 2000.
+    pub introspection_timeout_ms: Option<u64>,
+    /// Longest an active result is reused (never past the token's `exp`); 0 = never. Defaults to 60.
+    pub introspection_cache_secs: Option<u64>,
+    /// How long an inactive result is reused; at most 60, 0 = never. Defaults to 5.
+    pub introspection_negative_cache_secs: Option<u64>,
 }
 
 /// `[[upstreams]]`.
@@ -306,6 +321,9 @@ pub struct RouteFile {
     pub allow_encoded_slashes: Option<bool>,
     /// Refuse requests that did not arrive over TLS. Defaults to `server.require_tls`.
     pub require_tls: Option<bool>,
+    /// Introspect every token here, JWTs too (revocation-sensitive routes); every issuer
+    /// accepted here needs an `introspection_endpoint`. Defaults to false.
+    pub introspect: Option<bool>,
     /// `enforce` (default) or `report`: authentication and scope refusals are only reported
     /// (forwarded, logged with `would_deny`, counted), for rolling a rule out.
     pub mode: Option<String>,

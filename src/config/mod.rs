@@ -4,11 +4,13 @@
 
 mod admin;
 mod file;
+mod introspection;
 mod schema;
 mod validate;
 
 pub use admin::{AdminToken, Authority, Host};
 pub use file::*;
+pub use introspection::{IntrospectionAuth, IntrospectionConfig};
 pub use validate::*;
 
 use std::path::Path;

@@ -66,6 +66,13 @@ const ISSUER: &[&str] = &[
     "unknown_kid_cooldown_secs",
     "jwks_timeout_ms",
     "dpop",
+    "introspection_endpoint",
+    "introspection_auth",
+    "introspection_client_id",
+    "introspection_client_secret",
+    "introspection_timeout_ms",
+    "introspection_cache_secs",
+    "introspection_negative_cache_secs",
 ];
 const UPSTREAM: &[&str] = &[
     "name",
@@ -92,6 +99,7 @@ const ROUTE: &[&str] = &[
     "rate_limit",
     "allow_encoded_slashes",
     "require_tls",
+    "introspect",
     "mode",
     "dpop",
 ];
@@ -269,6 +277,13 @@ jwks_max_refresh_secs = 1
 unknown_kid_cooldown_secs = 1
 jwks_timeout_ms = 1
 dpop = "allowed"
+introspection_endpoint = "http://x"
+introspection_auth = "basic"
+introspection_client_id = "c"
+introspection_client_secret = "s"
+introspection_timeout_ms = 1
+introspection_cache_secs = 1
+introspection_negative_cache_secs = 1
 [[upstreams]]
 name = "u"
 peers = []
@@ -291,6 +306,7 @@ issuers = []
 token_query_param = "q"
 token_cookie = "c"
 dpop = "required"
+introspect = true
 [routes.rate_limit]
 requests = 1
 period = "1s"

@@ -10,6 +10,7 @@ use ipnet::IpNet;
 use jsonwebtoken::Algorithm;
 
 use super::file::*;
+use super::introspection::{issuer_introspection, route_problems, IntrospectionConfig};
 use super::{AdminToken, Authority, ConfigError, Problem};
 pub use crate::policy::{AuthMode, DpopMode, RouteMode};
 use crate::policy::{KeySource, LimitGroup, PathTemplate, RequiredScopes};
@@ -150,6 +151,8 @@ pub struct IssuerConfig {
     pub unknown_kid_cooldown: Duration,
     pub fetch_timeout: Duration,
     pub dpop: DpopMode,
+    /// RFC 7662: opaque tokens, and JWTs on `introspect = true` routes.
+    pub introspection: Option<IntrospectionConfig>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -181,6 +184,8 @@ pub struct RouteConfig {
     pub allow_encoded_slashes: bool,
     /// `None`: the server default.
     pub require_tls: Option<bool>,
+    /// Introspect every token on this route, JWTs too.
+    pub introspect: bool,
     pub mode: RouteMode,
     /// `None`: the token issuer's default.
     pub dpop: Option<DpopMode>,
@@ -255,6 +260,13 @@ pub fn validate(file: &GatewayFile, base_dir: &Path) -> Result<GatewayConfig, Co
         if !route_names.insert(raw.name.clone()) {
             c.push(&at, format!("duplicate route name {:?}", raw.name));
         }
+        let introspecting: Vec<(&str, bool)> = file
+            .issuers
+            .iter()
+            .map(|i| (i.name.as_str(), i.introspection_endpoint.is_some()))
+            .collect();
+        let jwt_route = matches!(raw.auth.as_deref(), None | Some("jwt"));
+        route_problems(raw, jwt_route, &introspecting, &at, &mut c.problems);
         if let Some(cfg) = route(
             raw,
             &up_names,
@@ -765,6 +777,7 @@ fn issuer(f: &IssuerFile, base_dir: &Path, at: &str, c: &mut Collector) -> Optio
         );
     }
     let dpop = dpop_mode(f.dpop.as_deref(), format!("{at}.dpop"), c).unwrap_or_default();
+    let introspection = issuer_introspection(f, at, &mut c.problems);
     if c.problems.len() != before {
         return None;
     }
@@ -782,6 +795,7 @@ fn issuer(f: &IssuerFile, base_dir: &Path, at: &str, c: &mut Collector) -> Optio
         unknown_kid_cooldown: Duration::from_secs(f.unknown_kid_cooldown_secs.unwrap_or(10)),
         fetch_timeout: Duration::from_millis(f.jwks_timeout_ms.unwrap_or(3000).max(1)),
         dpop,
+        introspection,
     })
 }
 
@@ -1047,6 +1061,7 @@ fn route(
         limit_groups,
         allow_encoded_slashes: f.allow_encoded_slashes.unwrap_or(false),
         require_tls: f.require_tls,
+        introspect: f.introspect.unwrap_or(false),
         mode,
         dpop,
     })

@@ -24,7 +24,7 @@ use tracing::warn;
 pub(crate) use reject::{json_error, Reject};
 pub(crate) use trace::{Off, Recorder, Step, Trace};
 
-use crate::auth::{bearer, AuthError, Principal};
+use crate::auth::{bearer, AuthError, Principal, RouteAuth};
 use crate::config::{AuthMode, UnderscoreHeaders};
 use crate::metrics::Metrics;
 use crate::policy::{has_encoded_separator, normalize_path, KeySource, Route, RouteMode};
@@ -519,7 +519,7 @@ async fn authenticate<T: Trace>(
                 Some((source, t)) => {
                     trace.step(|| Step::Credentials { source });
                     let t = bearer::from_value(&t, max)?;
-                    return authenticate_token(snap, v, route, t.0, seen, false).await;
+                    return authenticate_token(snap, v, route, t.0, seen, false, trace).await;
                 }
                 None => {
                     trace.step(|| Step::Credentials { source: "none" });
@@ -537,7 +537,7 @@ async fn authenticate<T: Trace>(
             "authorization"
         },
     });
-    let p = authenticate_token(snap, v, route, token.0, seen, *via_dpop).await?;
+    let p = authenticate_token(snap, v, route, token.0, seen, *via_dpop, trace).await?;
     if *via_dpop {
         // Every request, also on a verified-token cache hit: the proof is per request.
         dpop::check(snap, metrics, v, adm, token.0, &p, effects, trace).await?;
@@ -545,18 +545,34 @@ async fn authenticate<T: Trace>(
     Ok(p)
 }
 
-async fn authenticate_token(
+async fn authenticate_token<T: Trace>(
     snap: &Snapshot,
     v: &RequestView<'_>,
     route: &Route,
     token: &str,
     seen: &mut Option<usize>,
     via_dpop: bool,
+    trace: &mut T,
 ) -> Result<Arc<Principal>, AuthError> {
+    let needs = RouteAuth {
+        issuers: route.issuers.as_deref(),
+        introspect: route.introspect,
+    };
+    let mut introspected = None;
     let p = snap
         .auth
-        .authenticate(bearer::BearerToken(token), seen)
-        .await?;
+        .authenticate_for(bearer::BearerToken(token), needs, seen, &mut introspected)
+        .await;
+    if let Some(source) = introspected {
+        trace.step(|| Step::Introspection {
+            issuer: seen
+                .and_then(|i| snap.auth.issuers().get(i))
+                .map_or("_unknown", |i| i.name())
+                .to_string(),
+            source,
+        });
+    }
+    let p = p?;
     if let Some(allowed) = &route.issuers {
         let name = snap.auth.issuer_name(&p);
         if !allowed.iter().any(|n| **n == *name) {

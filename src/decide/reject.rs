@@ -66,9 +66,16 @@ impl Reject {
                 error: AuthError::InvalidRequest(_),
                 ..
             } => 400,
-            Reject::Auth(AuthError::KeysUnavailable | AuthError::ReplayCacheUnavailable)
+            Reject::Auth(
+                AuthError::KeysUnavailable
+                | AuthError::ReplayCacheUnavailable
+                | AuthError::IntrospectionUnavailable,
+            )
             | Reject::Dpop {
-                error: AuthError::KeysUnavailable | AuthError::ReplayCacheUnavailable,
+                error:
+                    AuthError::KeysUnavailable
+                    | AuthError::ReplayCacheUnavailable
+                    | AuthError::IntrospectionUnavailable,
                 ..
             } => 503,
             Reject::Auth(_) | Reject::Dpop { .. } => 401,
@@ -118,6 +125,10 @@ impl Reject {
                 ("invalid_request", "missing bearer token".into())
             }
             Reject::Auth(AuthError::InvalidRequest(d)) => ("invalid_request", (*d).into()),
+            Reject::Auth(AuthError::IntrospectionUnavailable) => (
+                "temporarily_unavailable",
+                "the token could not be checked with its issuer; try again shortly".into(),
+            ),
             Reject::Auth(AuthError::KeysUnavailable) => (
                 "temporarily_unavailable",
                 "signing keys of the token issuer are not loaded yet".into(),
@@ -163,9 +174,16 @@ impl Reject {
         let quote = |s: &str| s.replace(['"', '\\'], "");
         match self {
             Reject::Auth(AuthError::MissingToken) => Some(format!("Bearer realm=\"{REALM}\"")),
-            Reject::Auth(AuthError::KeysUnavailable | AuthError::ReplayCacheUnavailable) => None,
+            Reject::Auth(
+                AuthError::KeysUnavailable
+                | AuthError::ReplayCacheUnavailable
+                | AuthError::IntrospectionUnavailable,
+            ) => None,
             Reject::Dpop {
-                error: AuthError::KeysUnavailable | AuthError::ReplayCacheUnavailable,
+                error:
+                    AuthError::KeysUnavailable
+                    | AuthError::ReplayCacheUnavailable
+                    | AuthError::IntrospectionUnavailable,
                 ..
             } => None,
             Reject::Dpop {
@@ -212,9 +230,16 @@ impl Reject {
             Reject::RateLimited { retry_after_secs } => {
                 h.push((RETRY_AFTER, Cow::Owned(retry_after_secs.to_string())));
             }
-            Reject::Auth(AuthError::KeysUnavailable | AuthError::ReplayCacheUnavailable)
+            Reject::Auth(
+                AuthError::KeysUnavailable
+                | AuthError::ReplayCacheUnavailable
+                | AuthError::IntrospectionUnavailable,
+            )
             | Reject::Dpop {
-                error: AuthError::KeysUnavailable | AuthError::ReplayCacheUnavailable,
+                error:
+                    AuthError::KeysUnavailable
+                    | AuthError::ReplayCacheUnavailable
+                    | AuthError::IntrospectionUnavailable,
                 ..
             }
             | Reject::LimiterUnavailable => {

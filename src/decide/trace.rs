@@ -76,6 +76,12 @@ pub(crate) enum Step {
         htu: Option<String>,
         result: &'static str,
     },
+    /// RFC 7662: the token was introspected by `issuer`, answered from `source` (`endpoint`
+    /// or `cache`).
+    Introspection {
+        issuer: String,
+        source: &'static str,
+    },
     /// Scopes the route requires, the token grants, and (when refused) the `scope=` a 403
     /// names.
     Scopes {
@@ -149,6 +155,15 @@ impl std::fmt::Display for Step {
                     format!("refused: {result}")
                 },
                 htu.as_deref().unwrap_or("unknown")
+            ),
+            Step::Introspection { issuer, source } => write!(
+                f,
+                "introspect by issuer {issuer}, answer from {}",
+                if *source == "cache" {
+                    "the cache"
+                } else {
+                    "its endpoint (RFC 7662)"
+                }
             ),
             Step::Scopes {
                 required,

@@ -146,6 +146,8 @@ pub struct Route {
     pub allow_encoded_slashes: bool,
     /// `None`: the server default.
     pub require_tls: Option<bool>,
+    /// Introspect every token here (RFC 7662), JWTs too.
+    pub introspect: bool,
     /// `report`: authentication and scope refusals are reported, not enforced.
     pub mode: RouteMode,
     /// `None`: the default of the token's issuer.
@@ -272,6 +274,7 @@ mod tests {
             limit_policy: String::new(),
             allow_encoded_slashes: false,
             require_tls: None,
+            introspect: false,
             mode: RouteMode::Enforce,
             dpop: None,
         }

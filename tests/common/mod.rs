@@ -26,10 +26,12 @@
 //! | `redis_server.rs` | `RedisServer`, `PausedRedis`                                     |
 //! | `ops.rs`          | `ops_config` and the other fixtures of the operations tests      |
 //! | `load.rs`         | `spawn_load`, `Load`: traffic that must see zero failures        |
+//! | `authz.rs`        | `AuthServer`: a real OAuth server (node oidc-provider, tests/authz) |
 //!
 //! Used by several test binaries, each with a different subset: hence `allow(dead_code)`.
 #![allow(dead_code, unused_imports)]
 
+mod authz;
 mod config;
 mod gateway;
 mod http;
@@ -42,6 +44,7 @@ mod raw;
 mod redis_server;
 mod tokens;
 
+pub use self::authz::*;
 pub use self::config::*;
 pub use self::gateway::*;
 pub use self::http::*;
