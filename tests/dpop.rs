@@ -2,7 +2,8 @@
 //! here with an ES256 key carried in the proof's `jwk` header, sent to the real binary as
 //! `Authorization: DPoP <token>` + `DPoP: <proof>`. Each attack of the issue has its case; the
 //! replay cache is checked across a verified-token cache hit and across two gateway processes
-//! sharing Redis.
+//! sharing Redis. The last case takes a DPoP-bound token from a real authorization server (node
+//! oidc-provider) and proves its key to the gateway.
 
 mod common;
 
@@ -469,4 +470,64 @@ async fn the_replay_cache_is_shared_through_redis_across_replicas() {
     )
     .await;
     assert_json_error(&r, 503, "temporarily_unavailable");
+}
+
+/// A DPoP-bound token from a real authorization server (node oidc-provider, its `dPoP`
+/// feature): the client proves its key at the token endpoint, gets a `token_type: DPoP` JWT
+/// with `cnf.jkt`, and the gateway accepts it only with a fresh proof by that key.
+#[tokio::test]
+async fn a_dpop_bound_token_from_oidc_provider_needs_a_proof_by_its_key() {
+    let authz = AuthServer::start().await;
+    let echo = echo_upstream().await;
+    let client = Client::new();
+    let at_token_endpoint = client.proof_with(
+        json!({}),
+        json!({"jti": uuid(), "htm": "POST", "htu": authz.token_endpoint(), "iat": now()}),
+    );
+    let answer = authz
+        .token_response(
+            APP,
+            "read:studies",
+            Some(JWT_RESOURCE),
+            &[("dpop", &at_token_endpoint)],
+        )
+        .await;
+    assert_eq!(answer["token_type"], "DPoP", "{answer}");
+    let token = answer["access_token"].as_str().unwrap().to_string();
+    let claims: Value = serde_json::from_slice(&b64url_decode(&token_parts(&token)[1])).unwrap();
+    assert_eq!(claims["cnf"]["jkt"], client.jkt(), "{claims}");
+
+    let cfg = Config::new()
+        .issuer(
+            IssuerSpec::new("authz", &authz.issuer())
+                .audiences(&[JWT_RESOURCE])
+                .jwks_uri(&authz.jwks_uri()),
+        )
+        .upstream(UpstreamSpec::echo("api", &echo))
+        .route(RouteSpec::new("studies", "/v1/studies/*", "api").scopes(&["read:studies"]));
+    let gw = TestGateway::start(&cfg).await;
+    let url = gw.url("/v1/studies/1");
+    let send_dpop = |proof: Option<String>| {
+        let mut rb = gw
+            .get("/v1/studies/1")
+            .header("authorization", format!("DPoP {token}"));
+        if let Some(p) = proof {
+            rb = rb.header("dpop", p);
+        }
+        send(rb)
+    };
+    let proof = client.proof("GET", &url, &token);
+    let ok = send_dpop(Some(proof.clone())).await;
+    assert_eq!(ok.status, 200, "{}", ok.describe());
+    assert_eq!(ok.echo()["headers"]["x-auth-client-id"], "app");
+    // Replayed, missing, or by another key: refused.
+    assert_dpop_refused(&send_dpop(Some(proof)).await, "invalid_dpop_proof");
+    assert_eq!(send_dpop(None).await.status, 401);
+    let thief = Client::new();
+    assert_dpop_refused(
+        &send_dpop(Some(thief.proof("GET", &url, &token))).await,
+        "invalid_dpop_proof",
+    );
+    // As a bearer token: refused (RFC 9449 §7.2).
+    assert_invalid_token(&send(gw.get("/v1/studies/1").bearer_auth(&token)).await);
 }
