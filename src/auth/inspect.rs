@@ -124,30 +124,36 @@ pub(crate) fn inspect(token: &str, issuers: &[Arc<Issuer>], now: i64) -> TokenFa
         let time = |name: &str| claims.get(name).and_then(Value::as_i64);
         match time("exp") {
             None => lines.push("exp       missing (required)".into()),
-            Some(exp) if exp + leeway <= now => lines.push(format!(
+            Some(exp) if exp.saturating_add(leeway) <= now => lines.push(format!(
                 "exp       expired {} (leeway {leeway} s)",
-                relative(exp - now)
+                relative(exp.saturating_sub(now))
             )),
             Some(exp) => lines.push(format!(
                 "exp       expires {} (leeway {leeway} s)",
-                relative(exp - now)
+                relative(exp.saturating_sub(now))
             )),
         }
         if let Some(nbf) = time("nbf") {
-            let verdict = if nbf - leeway > now {
+            let verdict = if nbf.saturating_sub(leeway) > now {
                 "not yet valid"
             } else {
                 "ok"
             };
-            lines.push(format!("nbf       {} : {verdict}", relative(nbf - now)));
+            lines.push(format!(
+                "nbf       {} : {verdict}",
+                relative(nbf.saturating_sub(now))
+            ));
         }
         if let Some(iat) = time("iat") {
-            let verdict = if iat - leeway > now {
+            let verdict = if iat.saturating_sub(leeway) > now {
                 "in the future"
             } else {
                 "ok"
             };
-            lines.push(format!("iat       {} : {verdict}", relative(iat - now)));
+            lines.push(format!(
+                "iat       {} : {verdict}",
+                relative(iat.saturating_sub(now))
+            ));
         }
         let auds: Vec<String> = match claims.get("aud") {
             Some(Value::String(a)) => vec![a.clone()],
@@ -211,5 +217,11 @@ mod tests {
             let f = inspect(t, &[], 0);
             assert!(!f.lines.is_empty(), "{t}");
         }
+        // Extreme times are described, never an overflow.
+        assert_eq!(
+            relative(i64::MIN),
+            format!("{} h ago", i64::MIN.unsigned_abs() / 3600)
+        );
+        assert!(relative(i64::MAX).starts_with("in "));
     }
 }

@@ -283,7 +283,8 @@ fn time_claim(v: &Json, now: i64) -> Result<Json, String> {
         _ => return Ok(v.clone()),
     };
     let d = humantime::parse_duration(rest).map_err(|e| format!("{s:?}: {e}"))?;
-    Ok(json!(now + sign * d.as_secs() as i64))
+    let secs = i64::try_from(d.as_secs()).map_err(|_| format!("{s:?}: too far"))?;
+    Ok(json!(now.saturating_add(sign * secs)))
 }
 
 fn mint(keys: &Keys, token: &CaseToken) -> Result<String, String> {
