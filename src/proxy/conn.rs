@@ -365,10 +365,18 @@ where
         } else {
             Instant::now() + self.limits.keepalive_timeout
         };
-        let read = tokio::select! {
-            biased;
-            r = timeout_at(idle_until, stream.read_buf(&mut buf)) => r,
-            _ = shutting_down(shutdown) => return Head::Closed,
+        // A shutdown (SIGTERM, or SIGQUIT handing the listeners to a new process) closes a
+        // kept-alive connection that sits idle between requests, as pingora does. A connection
+        // just accepted is served: its client may already be sending, and closing it now
+        // would fail a request the new process never saw.
+        let read = if first {
+            timeout_at(idle_until, stream.read_buf(&mut buf)).await
+        } else {
+            tokio::select! {
+                biased;
+                r = timeout_at(idle_until, stream.read_buf(&mut buf)) => r,
+                _ = shutting_down(shutdown) => return Head::Closed,
+            }
         };
         match read {
             Ok(Ok(n)) if n > 0 => {}
