@@ -6,7 +6,7 @@
 //! entry has a deadline after which it is useless (the token's `exp`; the end of the client's
 //! longest window). A general-purpose cache (moka) was measured here at about 320 bytes of
 //! bookkeeping per entry on top of the value, which alone would exceed the gateway's memory
-//! budget (issue 5: under 64 MiB with 100k tokens and 100k limiter keys), so this map keeps
+//! budget (under 64 MiB with 100k tokens and 100k limiter keys), so this map keeps
 //! only the id, the value and a hash-table control byte.
 //!
 //! Shape: a power-of-two number of shards, each a `Mutex<HashMap<u128, V>>` on its own cache
@@ -90,7 +90,7 @@ pub(crate) enum WhenFull {
     EvictSoonest,
     /// Keep every live entry and refuse the new one ([`Full`]); the caller decides what the
     /// request gets. For the rate limiter: an entry before its deadline holds requests that
-    /// still count, and forgetting it would admit them again (issue 9, item 7).
+    /// still count, and forgetting it would admit them again.
     Refuse,
 }
 

@@ -21,7 +21,7 @@
 //! then on its log counts nothing in any window, and only then may it be dropped.
 //!
 //! Full store: the map refuses new keys rather than evicting live ones ([`WhenFull::Refuse`]);
-//! dropping a key whose window still holds requests would admit them again (issue 9, item 7).
+//! dropping a key whose window still holds requests would admit them again.
 //! [`MemoryStore::check`] then answers [`StoreFull`] and the caller decides by
 //! `on_backend_error`, e.g. with [`unstored`].
 
