@@ -86,6 +86,17 @@ pub enum AuthError {
 }
 
 impl AuthError {
+    /// Nothing is wrong with the token; the gateway could not decide now (keys not loaded,
+    /// the introspection endpoint or the DPoP replay cache unreachable): 503, retry shortly.
+    pub(crate) fn is_unavailable(&self) -> bool {
+        matches!(
+            self,
+            AuthError::KeysUnavailable
+                | AuthError::ReplayCacheUnavailable
+                | AuthError::IntrospectionUnavailable
+        )
+    }
+
     /// Bounded metric label.
     pub fn reason(&self) -> &'static str {
         match self {

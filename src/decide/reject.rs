@@ -66,18 +66,7 @@ impl Reject {
                 error: AuthError::InvalidRequest(_),
                 ..
             } => 400,
-            Reject::Auth(
-                AuthError::KeysUnavailable
-                | AuthError::ReplayCacheUnavailable
-                | AuthError::IntrospectionUnavailable,
-            )
-            | Reject::Dpop {
-                error:
-                    AuthError::KeysUnavailable
-                    | AuthError::ReplayCacheUnavailable
-                    | AuthError::IntrospectionUnavailable,
-                ..
-            } => 503,
+            Reject::Auth(e) | Reject::Dpop { error: e, .. } if e.is_unavailable() => 503,
             Reject::Auth(_) | Reject::Dpop { .. } => 401,
             Reject::Scope(_) => 403,
             Reject::RateLimited { .. } => 429,
@@ -174,18 +163,7 @@ impl Reject {
         let quote = |s: &str| s.replace(['"', '\\'], "");
         match self {
             Reject::Auth(AuthError::MissingToken) => Some(format!("Bearer realm=\"{REALM}\"")),
-            Reject::Auth(
-                AuthError::KeysUnavailable
-                | AuthError::ReplayCacheUnavailable
-                | AuthError::IntrospectionUnavailable,
-            ) => None,
-            Reject::Dpop {
-                error:
-                    AuthError::KeysUnavailable
-                    | AuthError::ReplayCacheUnavailable
-                    | AuthError::IntrospectionUnavailable,
-                ..
-            } => None,
+            Reject::Auth(e) | Reject::Dpop { error: e, .. } if e.is_unavailable() => None,
             Reject::Dpop {
                 error: AuthError::MissingToken,
                 algs,
@@ -230,19 +208,10 @@ impl Reject {
             Reject::RateLimited { retry_after_secs } => {
                 h.push((RETRY_AFTER, Cow::Owned(retry_after_secs.to_string())));
             }
-            Reject::Auth(
-                AuthError::KeysUnavailable
-                | AuthError::ReplayCacheUnavailable
-                | AuthError::IntrospectionUnavailable,
-            )
-            | Reject::Dpop {
-                error:
-                    AuthError::KeysUnavailable
-                    | AuthError::ReplayCacheUnavailable
-                    | AuthError::IntrospectionUnavailable,
-                ..
+            Reject::Auth(e) | Reject::Dpop { error: e, .. } if e.is_unavailable() => {
+                h.push((RETRY_AFTER, Cow::Borrowed("1")));
             }
-            | Reject::LimiterUnavailable => {
+            Reject::LimiterUnavailable => {
                 h.push((RETRY_AFTER, Cow::Borrowed("1")));
             }
             Reject::TlsRequired { status: 426 } => {
