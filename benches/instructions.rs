@@ -12,9 +12,12 @@
 //! features, profile and allocator), the same with an 800-byte `Authorization` header, and
 //! the gateway on a public route, a JWT route (one cached RS256 token), JWT + a memory limit
 //! that never trips, JWT + the same limit on Redis (when `redis-server` is installed), and
-//! the walk (a new RS256 token every request). The upstream is a tiny keep-alive HTTP server
-//! in this process; the tokens are minted in this process and the gateway reads the JWKS
-//! from a file, so nothing else runs inside the measured process.
+//! the walk (a new RS256 token every request), a DPoP route (a bound token, cached, with a new
+//! ES256 proof every request: the proof is verified every time by design, and its `jti`
+//! enters the replay cache) and an opaque token on an introspecting issuer (a cache hit after
+//! the first call). The upstream and the introspection endpoint are tiny keep-alive HTTP
+//! servers in this process; the tokens and proofs are minted in this process and the gateway
+//! reads the JWKS from a file, so nothing else runs inside the measured process.
 //!
 //! `BENCH_KEEP=1` keeps the temp dir (configs, logs, callgrind dumps for
 //! `callgrind_annotate`). Exit status 0 whatever the figures; non-zero only when the
@@ -26,7 +29,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
-use wetrials_gateway::demo::LocalIssuer;
+use wetrials_gateway::demo::{KeyAlg, LocalIssuer, SigningKey};
 
 /// The pinned tools of the wrk benchmark; only valgrind's pin serves here.
 #[allow(dead_code)]
@@ -67,6 +70,66 @@ fn start_upstream() -> Res<String> {
         }
     });
     Ok(addr)
+}
+
+/// An RFC 7662 endpoint answering every call: the opaque token is active, with the scope.
+fn start_introspection() -> Res<String> {
+    let listener = TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| e.to_string())?
+        .to_string();
+    let exp = wetrials_gateway::demo::now() + 6 * 3600;
+    let body = serde_json::json!({
+        "active": true, "scope": SCOPE, "sub": "bench-opaque", "client_id": "bench",
+        "iss": ISSUER, "aud": AUDIENCE, "exp": exp, "token_type": "access_token",
+    })
+    .to_string();
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            let body = body.clone();
+            std::thread::spawn(move || answer_posts(conn, &body));
+        }
+    });
+    Ok(addr)
+}
+
+/// Read requests with a `Content-Length` body; answer each with the JSON `body`.
+fn answer_posts(conn: TcpStream, body: &str) {
+    let Ok(mut writer) = conn.try_clone() else {
+        return;
+    };
+    let mut reader = BufReader::new(conn);
+    let mut line = String::new();
+    loop {
+        let mut length = 0usize;
+        loop {
+            line.clear();
+            match reader.read_line(&mut line) {
+                Ok(0) | Err(_) => return,
+                Ok(_) if line == "\r\n" || line == "\n" => break,
+                Ok(_) => {
+                    if let Some((k, v)) = line.split_once(':') {
+                        if k.eq_ignore_ascii_case("content-length") {
+                            length = v.trim().parse().unwrap_or(0);
+                        }
+                    }
+                }
+            }
+        }
+        let mut sink = vec![0u8; length];
+        if reader.read_exact(&mut sink).is_err() {
+            return;
+        }
+        let head = format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        );
+        if writer.write_all(head.as_bytes()).is_err() || writer.write_all(body.as_bytes()).is_err()
+        {
+            return;
+        }
+    }
 }
 
 fn serve(conn: TcpStream) {
@@ -267,6 +330,19 @@ struct Row {
     note: String,
 }
 
+/// The floor a row is compared with: the bare proxy, with the `Authorization` header when
+/// the row sends one of that size.
+fn floor_of(name: &str) -> &'static str {
+    let with_header = ["JWT", "walk", "DPoP", "header"]
+        .iter()
+        .any(|w| name.contains(w));
+    if with_header {
+        "bare pingora + header"
+    } else {
+        "bare pingora"
+    }
+}
+
 /// Warm up, zero, send `n` requests (header `headers(i)`), dump: instructions per request.
 fn measure(
     proc_: &Measured,
@@ -308,6 +384,9 @@ struct Tokens {
     jwks: PathBuf,
     one: String,
     walk: Vec<String>,
+    /// The DPoP client's key and the token bound to it (`cnf.jkt`), the same size as `one`.
+    dpop_key: SigningKey,
+    dpop_bound: String,
 }
 
 /// RS256 tokens padded to an `HEADER_BYTES` Authorization header; the JWKS on disk.
@@ -321,18 +400,32 @@ fn mint(dir: &Path, walk: usize) -> Res<Tokens> {
         .map_err(|e| format!("local issuer: {e}"))?;
     let jwks = dir.join("jwks.json");
     std::fs::write(&jwks, issuer.jwks().to_string()).map_err(|e| e.to_string())?;
-    let token = |sub: &str| {
+    let dpop_key = SigningKey::generate("bench-dpop-client", KeyAlg::ES256)?;
+    let jkt = dpop_key.thumbprint();
+    let padded = |sub: &str, bound: bool| {
         let mut claims = issuer.claims(sub, SCOPE, 6 * 3600);
+        if bound {
+            claims["cnf"] = serde_json::json!({ "jkt": jkt });
+        }
         let bare = issuer.mint(&claims).len() + "Authorization: Bearer ".len();
         // base64url grows 4/3: pad the claims so the header lands near HEADER_BYTES.
         let pad = HEADER_BYTES.saturating_sub(bare) * 3 / 4;
         claims["pad"] = serde_json::Value::String("x".repeat(pad.saturating_sub(10)));
         issuer.mint(&claims)
     };
-    let one = token("bench-user");
-    let walk = (0..walk).map(|i| token(&format!("walk-{i:06}"))).collect();
+    let one = padded("bench-user", false);
+    let walk = (0..walk)
+        .map(|i| padded(&format!("walk-{i:06}"), false))
+        .collect();
+    let dpop_bound = padded("bench-dpop-user", true);
     drop(rt);
-    Ok(Tokens { jwks, one, walk })
+    Ok(Tokens {
+        jwks,
+        one,
+        walk,
+        dpop_key,
+        dpop_bound,
+    })
 }
 
 fn gateway_config(
@@ -342,6 +435,7 @@ fn gateway_config(
     upstream: &str,
     rate_limit: &str,
     jwks: &Path,
+    introspection: &str,
 ) -> String {
     let mut text = GATEWAY_TOML.to_string();
     for (k, v) in [
@@ -355,6 +449,7 @@ fn gateway_config(
         ("AUDIENCE", AUDIENCE),
         ("JWKS", &jwks.to_string_lossy()),
         ("UPSTREAM", upstream),
+        ("INTROSPECTION", introspection),
     ] {
         text = text.replace(&format!("{{{{{k}}}}}"), v);
     }
@@ -383,6 +478,12 @@ fn run() -> Res<()> {
     let tmp = std::env::temp_dir().join(format!("wtgw-instr-{}", std::process::id()));
     std::fs::create_dir_all(&tmp).map_err(|e| e.to_string())?;
     let upstream = start_upstream()?;
+    let introspection = format!(
+        "introspection_endpoint = \"http://{}/introspect\"\nintrospection_client_id = \"gateway\"\nintrospection_client_secret = \"bench-secret\"\nintrospection_cache_secs = 3600",
+        start_introspection()?
+    );
+    // A 43-character opaque token, as authorization servers issue them (256 random bits).
+    let opaque = format!("Authorization: Bearer {}\r\n", "o".repeat(43));
     let tokens = mint(&tmp, warmup + n)?;
     let bearer = format!("Authorization: Bearer {}\r\n", tokens.one);
     println!(
@@ -442,7 +543,15 @@ fn run() -> Res<()> {
         let conf = d.join("gateway.toml");
         std::fs::write(
             &conf,
-            gateway_config(&d, &listen, &admin, &upstream, rate_limit, &tokens.jwks),
+            gateway_config(
+                &d,
+                &listen,
+                &admin,
+                &upstream,
+                rate_limit,
+                &tokens.jwks,
+                &introspection,
+            ),
         )
         .map_err(|e| e.to_string())?;
         let mut p = Measured::start(
@@ -464,6 +573,26 @@ fn run() -> Res<()> {
             rows.push(row(
                 "gateway, JWT + memory limit",
                 measure(&p, &listen, "/jwt-limited", warmup, n, &|_| bearer.clone()),
+            ));
+            // Proofs are made as the requests go (an `iat` older than 60 s is refused).
+            let dpop = |_: usize| {
+                let proof = tokens.dpop_key.dpop_proof(
+                    "GET",
+                    "http://bench/dpop",
+                    Some(&tokens.dpop_bound),
+                );
+                format!(
+                    "Authorization: DPoP {}\r\nDPoP: {proof}\r\n",
+                    tokens.dpop_bound
+                )
+            };
+            rows.push(row(
+                "gateway, DPoP route (cached token, new proof each)",
+                measure(&p, &listen, "/dpop", warmup, n, &dpop),
+            ));
+            rows.push(row(
+                "gateway, introspected opaque token (cache hit)",
+                measure(&p, &listen, "/opaque", warmup, n, &|_| opaque.clone()),
             ));
             rows.push(row(
                 "gateway, walk (new RS256 token each)",
@@ -550,8 +679,6 @@ fn print_table(rows: &[Row]) {
             .find(|r| r.name == name)
             .and_then(|r| r.per_request)
     };
-    let bare = floor("bare pingora");
-    let bare_header = floor("bare pingora + header");
     println!("\n| proxy | instructions / request | ratio to the floor |");
     println!("|---|---:|---|");
     for r in rows {
@@ -559,18 +686,14 @@ fn print_table(rows: &[Row]) {
             println!("| {} | — | {} |", r.name, r.note);
             continue;
         };
-        // Rows with the Authorization header compare with the bare proxy carrying it.
-        let with_header =
-            r.name.contains("JWT") || r.name.contains("walk") || r.name.ends_with("header");
-        let base = if with_header { bare_header } else { bare };
-        let ratio = match (base, r.name.starts_with("bare pingora")) {
-            (_, true) => "floor".to_string(),
-            (Some(b), false) => format!(
-                "{:.2}× bare pingora{}",
-                v / b,
-                if with_header { " + header" } else { "" }
-            ),
-            (None, false) => "—".into(),
+        let base_name = floor_of(r.name);
+        let ratio = if r.name.starts_with("bare pingora") {
+            "floor".to_string()
+        } else {
+            match floor(base_name) {
+                Some(b) => format!("{:.2}× {base_name}", v / b),
+                None => "—".into(),
+            }
         };
         println!("| {} | {:.1}k | {ratio} |", r.name, v / 1000.0);
     }

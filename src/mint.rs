@@ -2,12 +2,13 @@
 //! key pairs generated with aws-lc-rs, their public JWKs, and signed JWTs. The demo's local
 //! issuer serves these keys; offline tools and tests install the JWK in an issuer themselves.
 
-use aws_lc_rs::rand::SystemRandom;
+use aws_lc_rs::rand::{SecureRandom, SystemRandom};
 use aws_lc_rs::signature::{
     EcdsaKeyPair, Ed25519KeyPair, KeyPair, ECDSA_P256_SHA256_FIXED_SIGNING,
 };
 use base64::Engine;
 use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
 
 /// Signing algorithm of a local key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -96,6 +97,55 @@ impl SigningKey {
     /// A JWKS document holding this key alone.
     pub fn jwks(&self) -> Value {
         json!({ "keys": [self.jwk] })
+    }
+
+    /// The public key as a DPoP proof carries it (RFC 9449 §4.2): only the members RFC 7638
+    /// names for its type, no `kid`, `use` or `alg`.
+    pub fn public_jwk(&self) -> Value {
+        let members: &[&str] = match self.alg {
+            KeyAlg::RS256 | KeyAlg::PS256 => &["e", "kty", "n"],
+            KeyAlg::ES256 => &["crv", "kty", "x", "y"],
+            KeyAlg::EdDSA => &["crv", "kty", "x"],
+        };
+        let mut out = serde_json::Map::new();
+        for m in members {
+            if let Some(v) = self.jwk.get(*m) {
+                out.insert((*m).to_string(), v.clone());
+            }
+        }
+        Value::Object(out)
+    }
+
+    /// RFC 7638 thumbprint of the public key: what a DPoP-bound token's `cnf.jkt` names.
+    pub fn thumbprint(&self) -> String {
+        // The canonical form: the required members in lexicographic order (as `public_jwk`
+        // lists them), no whitespace, written out here so no map ordering is relied on.
+        let jwk = self.public_jwk();
+        let members: Vec<String> = ["crv", "e", "kty", "n", "x", "y"]
+            .iter()
+            .filter_map(|m| Some(format!("{}:{}", Value::from(*m), jwk.get(*m)?)))
+            .collect();
+        let canonical = format!("{{{}}}", members.join(","));
+        b64(&Sha256::digest(canonical.as_bytes()))
+    }
+
+    /// A DPoP proof for one request (RFC 9449 §4.2): `typ: dpop+jwt`, this key's public JWK, a
+    /// fresh random `jti`, `iat` now, and `ath` of `access_token` when given.
+    pub fn dpop_proof(&self, htm: &str, htu: &str, access_token: Option<&str>) -> String {
+        let mut jti = [0u8; 16];
+        let _ = SystemRandom::new().fill(&mut jti);
+        let iat = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let mut claims = json!({"jti": b64(&jti), "htm": htm, "htu": htu, "iat": iat});
+        if let Some(token) = access_token {
+            claims["ath"] = Value::from(b64(&Sha256::digest(token.as_bytes())));
+        }
+        self.mint(
+            json!({"typ": "dpop+jwt", "jwk": self.public_jwk(), "kid": null}),
+            &claims,
+        )
     }
 
     /// Sign `claims`; `header` entries are merged into the JOSE header (`{"alg", "typ",

@@ -425,3 +425,63 @@ async fn demo_prints_curl_commands_whose_tokens_give_200_403_401() {
     let url = plain[0].split_whitespace().nth(2).unwrap();
     assert_eq!(send(c.get(url)).await.status, 401, "{}", plain[0]);
 }
+
+/// The printed DPoP block, run as printed by bash and curl: the fresh proof is accepted, the
+/// same proof again is a replay, and the bound token sent as Bearer is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_dpop_commands_answer_200_then_replay_then_bound_as_bearer() {
+    let demo = Demo::start().await;
+    let out = demo.output();
+    let lines: Vec<&str> = out.lines().collect();
+    let start = lines
+        .iter()
+        .position(|l| l.starts_with("P=$(curl "))
+        .unwrap_or_else(|| panic!("no DPoP proof command printed:\n{out}"));
+    let script: Vec<&str> = lines[start..]
+        .iter()
+        .take_while(|l| !l.is_empty())
+        .copied()
+        .filter(|l| !l.starts_with('#'))
+        .collect();
+    assert_eq!(
+        script.len(),
+        4,
+        "proof + three requests expected: {script:?}"
+    );
+    assert!(script[1].contains("Authorization: DPoP ") && script[1].contains("DPoP: $P"));
+    let script = script.join("\n");
+    let run = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("bash")
+            .args(["-c", &script])
+            .output()
+            .expect("bash")
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    let answers: Vec<&str> = stdout.split("HTTP/1.1 ").skip(1).collect();
+    let status = |a: &str| a.get(..3).unwrap_or("").to_string();
+    assert_eq!(
+        answers.iter().map(|a| status(a)).collect::<Vec<_>>(),
+        ["200", "401", "401"],
+        "{stdout}"
+    );
+    let header = |a: &str| {
+        a.lines()
+            .find(|l| l.to_ascii_lowercase().starts_with("www-authenticate:"))
+            .unwrap_or("")
+            .to_string()
+    };
+    // The echo upstream saw the first request with the token's subject.
+    assert!(answers[0].contains("user-123"), "{}", answers[0]);
+    assert!(
+        header(answers[1]).contains("DPoP ") && header(answers[1]).contains("invalid_dpop_proof"),
+        "{}",
+        answers[1]
+    );
+    assert!(
+        header(answers[2]).contains("Bearer ") && header(answers[2]).contains("invalid_token"),
+        "{}",
+        answers[2]
+    );
+}

@@ -374,6 +374,7 @@ impl Lab {
                 ("AUDIENCE", AUDIENCE),
                 ("JWKS", &self.fx.jwks.to_string_lossy()),
                 ("UPSTREAM", &self.upstream),
+                ("INTROSPECTION", ""),
             ],
         );
         let conf = d.join("gateway.toml");

@@ -391,6 +391,26 @@ mod tests {
         v.as_object().unwrap().clone()
     }
 
+    /// The minting side (`SigningKey::dpop_proof`, used by the demo and the benchmarks) makes
+    /// proofs this side accepts, for every key type, with the thumbprint it computes itself.
+    #[test]
+    fn minted_proofs_verify_with_their_own_thumbprint() {
+        use crate::mint::{KeyAlg, SigningKey};
+        for alg in [KeyAlg::ES256, KeyAlg::RS256, KeyAlg::PS256, KeyAlg::EdDSA] {
+            let key = SigningKey::generate("client", alg).unwrap();
+            let proof = key.dpop_proof("POST", "https://api.example/v1/x", Some("tok"));
+            let p = parse_and_verify(&proof, DEFAULT_ALGORITHMS).unwrap();
+            assert_eq!(p.jkt, key.thumbprint(), "{alg:?}");
+            assert_eq!(
+                p.jkt,
+                thumbprint(key.public_jwk().as_object().unwrap()).unwrap()
+            );
+            assert_eq!((p.htm.as_str(), p.ath), ("POST", Some(ath("tok"))));
+            let again = parse_and_verify(&key.dpop_proof("POST", "u", None), DEFAULT_ALGORITHMS);
+            assert_ne!(again.unwrap().jti, p.jti, "a fresh jti each proof");
+        }
+    }
+
     /// RFC 9449 §7.1 Figure 13 with its access token (Figure 12): every request check passes,
     /// and the example key's thumbprint is the RFC's `jkt` (Figures 8 and 9).
     #[test]

@@ -22,6 +22,8 @@ struct Shared {
     failing: AtomicBool,
     garbage: AtomicBool,
     max_age: Mutex<Option<u64>>,
+    /// The demo's DPoP client: its key and the token bound to it (see `mint_dpop_bound`).
+    dpop_client: Mutex<Option<(SigningKey, String)>>,
     issuer: String,
     base: Mutex<String>,
 }
@@ -56,6 +58,7 @@ impl LocalIssuer {
             failing: AtomicBool::new(false),
             garbage: AtomicBool::new(false),
             max_age: Mutex::new(None),
+            dpop_client: Mutex::new(None),
             issuer: issuer.map(str::to_string).unwrap_or_else(|| base.clone()),
             base: Mutex::new(base),
         });
@@ -119,6 +122,28 @@ impl LocalIssuer {
     /// Stop publishing a key.
     pub fn remove_key(&self, kid: &str) {
         self.shared.keys.lock().retain(|k| k.kid() != kid);
+    }
+
+    /// Mint `claims` bound (RFC 9449 `cnf.jkt`) to a DPoP client key that this issuer keeps
+    /// for the demo, generated on first use; [`Self::dpop_proof_url`] signs proofs with it
+    /// for the last token minted here. A real client holds its key itself.
+    pub fn mint_dpop_bound(&self, claims: &Value) -> Result<String, String> {
+        let mut client = self.shared.dpop_client.lock();
+        let key = match client.take() {
+            Some((key, _)) => key,
+            None => SigningKey::generate("demo-dpop-client", KeyAlg::ES256)?,
+        };
+        let mut claims = claims.clone();
+        claims["cnf"] = json!({"jkt": key.thumbprint()});
+        let token = self.mint(&claims);
+        *client = Some((key, token.clone()));
+        Ok(token)
+    }
+
+    /// `GET` here with `htm` and `htu` query parameters answers a fresh DPoP proof (text/plain)
+    /// by the demo client's key for the token of [`Self::mint_dpop_bound`].
+    pub fn dpop_proof_url(&self) -> String {
+        format!("http://{}/demo/dpop-proof", self.addr)
     }
 
     /// Standard claims for this issuer: `sub`, `scope`, `client_id`, expiring in `ttl` seconds.
@@ -197,6 +222,35 @@ async fn handle(shared: Arc<Shared>, req: Request<hyper::body::Incoming>) -> Res
                 "authorization_endpoint": format!("{base}/v1/oauth/authorize"),
             });
             super::respond(200, "application/json", body.to_string(), None)
+        }
+        "/demo/dpop-proof" => {
+            let query = req.uri().query().unwrap_or("");
+            let param = |name: &str| {
+                form_urlencoded::parse(query.as_bytes())
+                    .find(|(k, _)| k == name)
+                    .map(|(_, v)| v.into_owned())
+            };
+            let client = shared.dpop_client.lock();
+            match (param("htm"), param("htu"), client.as_ref()) {
+                (Some(htm), Some(htu), Some((key, token))) => super::respond(
+                    200,
+                    "text/plain",
+                    key.dpop_proof(&htm, &htu, Some(token)),
+                    None,
+                ),
+                (_, _, None) => super::respond(
+                    404,
+                    "application/json",
+                    "{\"error\":\"no DPoP-bound token was minted\"}".into(),
+                    None,
+                ),
+                _ => super::respond(
+                    400,
+                    "application/json",
+                    "{\"error\":\"htm and htu query parameters are required\"}".into(),
+                    None,
+                ),
+            }
         }
         _ => super::respond(
             404,

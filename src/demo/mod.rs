@@ -1,6 +1,7 @@
 //! `wetrials-gateway demo`: a self-contained local run — a local issuer with its own keys
 //! serving a JWKS, an echo upstream, and the gateway in front of it — printing ready-to-paste
-//! curl commands with freshly minted tokens (allowed, missing scope, expired, none).
+//! curl commands with freshly minted tokens (allowed, missing scope, expired, none, and a
+//! DPoP-bound one with the proofs it needs).
 //! The issuer and the echo upstream are real HTTP servers; the tests use them too.
 
 mod echo;
@@ -202,6 +203,7 @@ pub fn run(listen: Option<String>, admin: Option<String>) -> Result<(), String> 
     let allowed = issuer.mint(&issuer.claims("user-123", "read:profile read:studies", 3600));
     let no_scope = issuer.mint(&issuer.claims("user-123", "read:email", 3600));
     let expired = issuer.mint(&issuer.claims("user-123", "read:profile", -3600));
+    let bound = issuer.mint_dpop_bound(&issuer.claims("user-123", "read:profile", 3600))?;
     let base = format!("http://{listen}");
     println!(
         r#"wetrials-gateway demo
@@ -219,6 +221,14 @@ curl -si {base}/v1/user/profile -H 'Authorization: Bearer {no_scope}'
 
 # 401 invalid_token: expired an hour ago
 curl -si {base}/v1/user/profile -H 'Authorization: Bearer {expired}'
+
+# DPoP (RFC 9449): this token is bound to a client key (cnf.jkt) and useless without it: each
+# request carries a fresh proof signed by that key. The demo issuer holds the key and signs one:
+P=$(curl -s '{proof_url}?htm=GET&htu={base}/v1/user/profile')
+curl -si {base}/v1/user/profile -H 'Authorization: DPoP {bound}' -H "DPoP: $P"
+# ... the same proof again: 401 invalid_dpop_proof (replayed); the token as Bearer: 401 invalid_token
+curl -si {base}/v1/user/profile -H 'Authorization: DPoP {bound}' -H "DPoP: $P"
+curl -si {base}/v1/user/profile -H 'Authorization: Bearer {bound}'
 
 # 401 without a token or with another scheme (no error attribute); 404 for an unknown route
 curl -si {base}/v1/user/profile
@@ -245,6 +255,7 @@ Ctrl-C stops the demo.
         iss = issuer.issuer(),
         jwks = issuer.jwks_uri(),
         echo = echo.addr(),
+        proof_url = issuer.dpop_proof_url(),
     );
     let server = crate::server::build(cfg, None, false).map_err(|e| e.to_string())?;
     server.run_forever();
