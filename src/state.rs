@@ -203,6 +203,9 @@ pub(crate) fn route_from_config(cfg: &RouteConfig, index: usize, upstream: usize
         .map(|l| format!("{};w={}", l.requests, l.period.as_secs()))
         .collect::<Vec<_>>()
         .join(", ");
+    // Digits, `;w=` and `, `: always a valid header value.
+    let limit_policy = http::HeaderValue::from_str(&limit_policy)
+        .unwrap_or_else(|_| http::HeaderValue::from_static(""));
     let limits = cfg
         .limit_groups
         .iter()

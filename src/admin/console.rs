@@ -54,7 +54,7 @@ pub(super) fn data(snap: &Snapshot, metrics: &Metrics) -> Value {
                 "auth": if r.auth == crate::policy::AuthMode::Jwt { "jwt" } else { "none" },
                 "scopes": r.scopes.to_string(),
                 "issuers": r.issuers,
-                "limits": r.limit_policy,
+                "limits": r.limit_policy.to_str().unwrap_or(""),
                 "limit_keys": r.limits.iter().map(|(_, g)| g.key.iter().map(|k| k.to_string()).collect::<Vec<_>>().join(" | ")).collect::<Vec<_>>(),
                 "upstream": snap.upstreams[r.upstream].name,
                 "require_tls": r.require_tls.unwrap_or(snap.config.server.require_tls),

@@ -31,8 +31,9 @@ use crate::policy::{has_encoded_separator, normalize_path, KeySource, Route, Rou
 use crate::ratelimit::Decision;
 use crate::state::Snapshot;
 
-const X_FORWARDED_FOR: &str = "x-forwarded-for";
-const X_FORWARDED_PROTO: &str = "x-forwarded-proto";
+// Looked up on every request: a `HeaderName` is hashed as it is, a `&str` is parsed first.
+const X_FORWARDED_FOR: http::HeaderName = http::HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: http::HeaderName = http::HeaderName::from_static("x-forwarded-proto");
 
 /// What the decision reads of a request. Borrowed: building one costs nothing.
 #[derive(Clone, Copy)]

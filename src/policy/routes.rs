@@ -140,8 +140,9 @@ pub struct Route {
     /// Limits grouped by key, each with the limiter scope it is counted under (the route's
     /// name for the first group, `name#i` for the others, so two groups never share a log).
     pub limits: Vec<(String, LimitGroup)>,
-    /// `20;w=60, 200;w=3600` policy text of every limit, built once for the response headers.
-    pub limit_policy: String,
+    /// `20;w=60, 200;w=3600` policy text of every limit, built once as the `RateLimit-Policy`
+    /// header value (each response clones it: a reference count, no copy).
+    pub limit_policy: http::HeaderValue,
     /// Keep encoded slashes in paths (`%2F`, `%5C`, `\\`) instead of refusing them.
     pub allow_encoded_slashes: bool,
     /// `None`: the server default.
@@ -271,7 +272,7 @@ mod tests {
             token_query_param: None,
             token_cookie: None,
             limits: vec![],
-            limit_policy: String::new(),
+            limit_policy: http::HeaderValue::from_static(""),
             allow_encoded_slashes: false,
             require_tls: None,
             introspect: false,

@@ -202,16 +202,62 @@ fn ceil_secs(d: std::time::Duration) -> u64 {
     d.as_secs() + u64::from(d.subsec_nanos() > 0)
 }
 
+/// The `RateLimit-*` headers. Names as `&'static str` (pingora's cheapest: no copy);
+/// integer values formatted by `http` straight into the value, the policy prebuilt per route.
 fn add_rate_headers(h: &mut ResponseHeader, route: &Route, d: &Decision) -> Result<()> {
-    h.insert_header("ratelimit-limit", d.limit.to_string())?;
-    h.insert_header("ratelimit-remaining", d.remaining.to_string())?;
-    h.insert_header("ratelimit-reset", ceil_secs(d.reset).to_string())?;
-    h.insert_header("ratelimit-policy", route.limit_policy.as_str())?;
+    h.insert_header("ratelimit-limit", http::HeaderValue::from(d.limit))?;
+    h.insert_header("ratelimit-remaining", http::HeaderValue::from(d.remaining))?;
+    h.insert_header(
+        "ratelimit-reset",
+        http::HeaderValue::from(ceil_secs(d.reset)),
+    )?;
+    h.insert_header("ratelimit-policy", route.limit_policy.clone())?;
     Ok(())
 }
 
+// Names given to pingora's `insert_header` are `&'static str`: it copies a `HeaderName` of a
+// non-standard header into a new buffer, a static string it does not. Lookups use a
+// `HeaderName`, which `http` hashes without parsing it first.
 const X_FORWARDED_FOR: &str = "x-forwarded-for";
 const X_FORWARDED_PROTO: &str = "x-forwarded-proto";
+const X_REQUEST_ID: &str = "x-request-id";
+const X_FORWARDED_FOR_NAME: http::HeaderName = http::HeaderName::from_static(X_FORWARDED_FOR);
+const X_REQUEST_ID_NAME: http::HeaderName = http::HeaderName::from_static(X_REQUEST_ID);
+
+/// A new request id: 32 lowercase hex digits of a random (v4) UUID, written without the
+/// formatting machinery.
+fn new_request_id() -> String {
+    let mut buf = uuid::Uuid::encode_buffer();
+    uuid::Uuid::new_v4()
+        .simple()
+        .encode_lower(&mut buf)
+        .to_owned()
+}
+
+/// Append `ip` as text: IPv4 (nearly every request) digit by digit, since `Display` goes
+/// through the formatting machinery; IPv6 with `Display`.
+fn push_ip(out: &mut String, ip: std::net::IpAddr) {
+    match ip {
+        std::net::IpAddr::V4(v4) => {
+            for (i, o) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push('.');
+                }
+                if o >= 100 {
+                    out.push(char::from(b'0' + o / 100));
+                }
+                if o >= 10 {
+                    out.push(char::from(b'0' + o / 10 % 10));
+                }
+                out.push(char::from(b'0' + o % 10));
+            }
+        }
+        std::net::IpAddr::V6(_) => {
+            // Writing to a String cannot fail.
+            let _ = write!(out, "{ip}");
+        }
+    }
+}
 
 /// `(status, error, error_description)` for a status pingora decided on its own (a request it
 /// could not proxy): the error code that fits the status, never a 4xx code on a 5xx.
@@ -344,11 +390,11 @@ impl ProxyHttp for Gateway {
         self.metrics.in_flight.inc();
         ctx.in_flight = true;
         let req = session.req_header();
-        ctx.request_id = match req.headers.get("x-request-id") {
+        ctx.request_id = match req.headers.get(X_REQUEST_ID_NAME) {
             Some(v) if valid_request_id(v.as_bytes()) => {
                 String::from_utf8_lossy(v.as_bytes()).into_owned()
             }
-            _ => uuid::Uuid::new_v4().simple().to_string(),
+            _ => new_request_id(),
         };
         let mut req = PingoraRequest {
             session: &mut *session,
@@ -528,7 +574,7 @@ impl ProxyHttp for Gateway {
         if strip {
             up.remove_header(&AUTHORIZATION);
         }
-        up.insert_header("x-request-id", ctx.request_id.as_str())?;
+        up.insert_header(X_REQUEST_ID, ctx.request_id.as_str())?;
         if let Some(ip) = session
             .client_addr()
             .and_then(|a| a.as_inet())
@@ -537,7 +583,7 @@ impl ProxyHttp for Gateway {
             // Every inbound X-Forwarded-For value, in order, then the peer. Inserting replaces
             // the inbound values.
             let mut xff = String::with_capacity(48);
-            for v in up.headers.get_all(X_FORWARDED_FOR) {
+            for v in up.headers.get_all(X_FORWARDED_FOR_NAME) {
                 let v = String::from_utf8_lossy(v.as_bytes());
                 let v = v.trim();
                 if !v.is_empty() {
@@ -545,8 +591,7 @@ impl ProxyHttp for Gateway {
                     xff.push_str(", ");
                 }
             }
-            // Writing to a String cannot fail.
-            let _ = write!(xff, "{ip}");
+            push_ip(&mut xff, ip);
             up.insert_header(X_FORWARDED_FOR, xff)?;
         }
         up.insert_header(
@@ -577,7 +622,7 @@ impl ProxyHttp for Gateway {
         if resp.status.is_informational() {
             return Ok(());
         }
-        resp.insert_header("x-request-id", ctx.request_id.as_str())?;
+        resp.insert_header(X_REQUEST_ID, ctx.request_id.as_str())?;
         if let (Some(route), Some(d)) = (&ctx.adm.route, &ctx.adm.rate) {
             add_rate_headers(resp, route, d)?;
         }
@@ -620,7 +665,7 @@ impl ProxyHttp for Gateway {
             // The connection is not reused after a failure: say so instead of resetting it.
             session.set_keepalive(None);
             if ctx.request_id.is_empty() {
-                ctx.request_id = uuid::Uuid::new_v4().simple().to_string();
+                ctx.request_id = new_request_id();
             }
             let body: Bytes = json_error(error, description);
             if let Ok(mut h) = answer::error_header(code, &ctx.request_id, body.len()) {
@@ -756,6 +801,41 @@ mod tests {
             500,
             "never a success status from a failure"
         );
+    }
+
+    #[test]
+    fn addresses_are_written_as_display_writes_them() {
+        let mut ips: Vec<std::net::IpAddr> = [
+            "0.0.0.0",
+            "127.0.0.1",
+            "9.10.99.100",
+            "255.255.255.255",
+            "10.0.200.5",
+            "::1",
+            "::ffff:10.1.2.3",
+            "2001:db8::8a2e:370:7334",
+        ]
+        .iter()
+        .map(|s| s.parse().unwrap())
+        .collect();
+        ips.extend((0..=255u8).map(|o| std::net::IpAddr::from([o, 255 - o, o / 3, 7])));
+        for ip in ips {
+            let mut out = String::from("x, ");
+            push_ip(&mut out, ip);
+            assert_eq!(out, format!("x, {ip}"));
+        }
+    }
+
+    #[test]
+    fn new_request_ids_are_32_lowercase_hex_digits_and_differ() {
+        let (a, b) = (new_request_id(), new_request_id());
+        assert_eq!(a.len(), 32);
+        assert!(
+            a.bytes().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f')),
+            "{a}"
+        );
+        assert!(valid_request_id(a.as_bytes()));
+        assert_ne!(a, b);
     }
 
     #[test]
