@@ -132,13 +132,21 @@ impl SigningKey {
     /// A DPoP proof for one request (RFC 9449 §4.2): `typ: dpop+jwt`, this key's public JWK, a
     /// fresh random `jti`, `iat` now, and `ath` of `access_token` when given.
     pub fn dpop_proof(&self, htm: &str, htu: &str, access_token: Option<&str>) -> String {
-        let mut jti = [0u8; 16];
-        let _ = SystemRandom::new().fill(&mut jti);
-        let iat = std::time::SystemTime::now()
+        let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
-        let mut claims = json!({"jti": b64(&jti), "htm": htm, "htu": htu, "iat": iat});
+            .unwrap_or_default();
+        let mut random = [0u8; 16];
+        let jti = match SystemRandom::new().fill(&mut random) {
+            Ok(()) => b64(&random),
+            // Never a repeated `jti` (a verifier refuses it as a replay), even without the RNG.
+            Err(_) => {
+                static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+                let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                format!("{}-{}-{n}", now.as_nanos(), std::process::id())
+            }
+        };
+        let iat = now.as_secs();
+        let mut claims = json!({"jti": jti, "htm": htm, "htu": htu, "iat": iat});
         if let Some(token) = access_token {
             claims["ath"] = Value::from(b64(&Sha256::digest(token.as_bytes())));
         }
