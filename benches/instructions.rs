@@ -57,45 +57,26 @@ fn env_num(name: &str, default: usize) -> usize {
 
 // ------------------------------------------------------------------ the upstream
 
-/// Answers every request on every connection with a 2-byte 200, keep-alive.
-fn start_upstream() -> Res<String> {
+/// A keep-alive HTTP/1.1 server on loopback answering every request (its head read, then its
+/// `Content-Length` body) with the same `response` bytes; its address.
+fn start_server(response: Vec<u8>) -> Res<String> {
     let listener = TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
     let addr = listener
         .local_addr()
         .map_err(|e| e.to_string())?
         .to_string();
+    let response = std::sync::Arc::new(response);
     std::thread::spawn(move || {
         for conn in listener.incoming().flatten() {
-            std::thread::spawn(move || serve(conn));
+            let response = response.clone();
+            std::thread::spawn(move || answer_each(conn, &response));
         }
     });
     Ok(addr)
 }
 
-/// An RFC 7662 endpoint answering every call: the opaque token is active, with the scope.
-fn start_introspection() -> Res<String> {
-    let listener = TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
-    let addr = listener
-        .local_addr()
-        .map_err(|e| e.to_string())?
-        .to_string();
-    let exp = wetrials_gateway::demo::now() + 6 * 3600;
-    let body = serde_json::json!({
-        "active": true, "scope": SCOPE, "sub": "bench-opaque", "client_id": "bench",
-        "iss": ISSUER, "aud": AUDIENCE, "exp": exp, "token_type": "access_token",
-    })
-    .to_string();
-    std::thread::spawn(move || {
-        for conn in listener.incoming().flatten() {
-            let body = body.clone();
-            std::thread::spawn(move || answer_posts(conn, &body));
-        }
-    });
-    Ok(addr)
-}
-
-/// Read requests with a `Content-Length` body; answer each with the JSON `body`.
-fn answer_posts(conn: TcpStream, body: &str) {
+fn answer_each(conn: TcpStream, response: &[u8]) {
+    let _ = conn.set_nodelay(true);
     let Ok(mut writer) = conn.try_clone() else {
         return;
     };
@@ -117,48 +98,35 @@ fn answer_posts(conn: TcpStream, body: &str) {
                 }
             }
         }
-        let mut sink = vec![0u8; length];
-        if reader.read_exact(&mut sink).is_err() {
-            return;
-        }
-        let head = format!(
-            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-            body.len()
-        );
-        if writer.write_all(head.as_bytes()).is_err() || writer.write_all(body.as_bytes()).is_err()
-        {
+        let mut body = vec![0u8; length];
+        if reader.read_exact(&mut body).is_err() || writer.write_all(response).is_err() {
             return;
         }
     }
 }
 
-fn serve(conn: TcpStream) {
-    let _ = conn.set_nodelay(true);
-    let mut writer = match conn.try_clone() {
-        Ok(w) => w,
-        Err(_) => return,
-    };
-    let mut reader = BufReader::new(conn);
-    let mut line = String::new();
-    loop {
-        // Read one request head (GETs only: no body).
-        let mut blank = false;
-        while !blank {
-            line.clear();
-            match reader.read_line(&mut line) {
-                Ok(0) | Err(_) => return,
-                Ok(_) => blank = line == "\r\n" || line == "\n",
-            }
-        }
-        if writer
-            .write_all(
-                b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Type: text/plain\r\n\r\nok",
-            )
-            .is_err()
-        {
-            return;
-        }
-    }
+/// The upstream: a 2-byte 200 to everything.
+fn start_upstream() -> Res<String> {
+    start_server(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Type: text/plain\r\n\r\nok".to_vec(),
+    )
+}
+
+/// An RFC 7662 endpoint answering every call: the opaque token is active, with the scope.
+fn start_introspection() -> Res<String> {
+    let exp = wetrials_gateway::demo::now() + 6 * 3600;
+    let body = serde_json::json!({
+        "active": true, "scope": SCOPE, "sub": "bench-opaque", "client_id": "bench",
+        "iss": ISSUER, "aud": AUDIENCE, "exp": exp, "token_type": "access_token",
+    })
+    .to_string();
+    start_server(
+        format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .into_bytes(),
+    )
 }
 
 // ------------------------------------------------------------------ the client

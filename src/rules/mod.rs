@@ -34,6 +34,21 @@ pub enum Format {
     Junit,
 }
 
+/// The one-thread runtime the offline commands (`test`, `explain`) run on; `None` (said on
+/// stderr) when it cannot start.
+fn runtime() -> Option<tokio::runtime::Runtime> {
+    match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => Some(r),
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            None
+        }
+    }
+}
+
 /// Exit status of `test`: 0 every case passed, 1 a case failed, 2 the tests could not run
 /// (a bad config or cases file: every problem is printed with its location).
 pub fn run(config: &Path, files: &[PathBuf], format: Format) -> u8 {
@@ -65,15 +80,8 @@ pub fn run(config: &Path, files: &[PathBuf], format: Format) -> u8 {
         }
         return 2;
     }
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("cannot start the runtime: {e}");
-            return 2;
-        }
+    let Some(runtime) = runtime() else {
+        return 2;
     };
     let results = match runtime.block_on(run_cases(cfg, &all)) {
         Ok(r) => r,
@@ -180,15 +188,8 @@ pub fn explain_cli(a: ExplainArgs) -> u8 {
         tls: a.tls,
         peer: a.peer.unwrap_or(std::net::IpAddr::from([127, 0, 0, 1])),
     };
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("cannot start the runtime: {e}");
-            return 2;
-        }
+    let Some(runtime) = runtime() else {
+        return 2;
     };
     let result = runtime.block_on(async {
         let metrics = Arc::new(Metrics::new().map_err(|e| e.to_string())?);
