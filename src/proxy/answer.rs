@@ -10,7 +10,7 @@ use crate::decide::{json_error, Reject};
 /// The whole response header of a rejection (body length included).
 pub(crate) fn response_header(
     reject: &Reject,
-    request_id: &str,
+    request_id: &http::HeaderValue,
     body_len: usize,
 ) -> pingora::Result<ResponseHeader> {
     let mut h = error_header(reject.status(), request_id, body_len)?;
@@ -49,14 +49,14 @@ pub(crate) fn raw_error_response(
 /// Status, JSON content type, no caching, length, request id.
 pub(crate) fn error_header(
     status: u16,
-    request_id: &str,
+    request_id: &http::HeaderValue,
     body_len: usize,
 ) -> pingora::Result<ResponseHeader> {
     let mut h = ResponseHeader::build(status, Some(6))?;
     h.insert_header(http::header::CONTENT_TYPE, "application/json")?;
     h.insert_header(http::header::CACHE_CONTROL, "no-store")?;
     h.insert_header(http::header::CONTENT_LENGTH, body_len.to_string())?;
-    h.insert_header("x-request-id", request_id)?;
+    h.insert_header("x-request-id", request_id.clone())?;
     Ok(h)
 }
 
@@ -66,7 +66,12 @@ mod tests {
 
     #[test]
     fn a_426_carries_upgrade_and_a_429_retry_after() {
-        let h = response_header(&Reject::TlsRequired { status: 426 }, "rid", 10).unwrap();
+        let h = response_header(
+            &Reject::TlsRequired { status: 426 },
+            &http::HeaderValue::from_static("rid"),
+            10,
+        )
+        .unwrap();
         assert_eq!(h.status.as_u16(), 426);
         assert_eq!(h.headers.get("upgrade").unwrap(), "TLS/1.3, TLS/1.2");
         assert_eq!(h.headers.get("x-request-id").unwrap(), "rid");
@@ -74,7 +79,7 @@ mod tests {
             &Reject::RateLimited {
                 retry_after_secs: 7,
             },
-            "rid",
+            &http::HeaderValue::from_static("rid"),
             10,
         )
         .unwrap();

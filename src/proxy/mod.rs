@@ -64,7 +64,9 @@ pub(crate) enum Outcome {
 pub(crate) struct RequestCtx {
     snap: Arc<Snapshot>,
     start: Instant,
-    request_id: String,
+    /// The inbound `X-Request-Id` when valid (shared, not copied), else a new one: the one
+    /// value both the upstream request and the answer carry.
+    request_id: http::HeaderValue,
     adm: Admission,
     outcome: Outcome,
     peer_start: usize,
@@ -226,12 +228,18 @@ const X_REQUEST_ID_NAME: http::HeaderName = http::HeaderName::from_static(X_REQU
 
 /// A new request id: 32 lowercase hex digits of a random (v4) UUID, written without the
 /// formatting machinery.
-fn new_request_id() -> String {
+fn new_request_id() -> http::HeaderValue {
     let mut buf = uuid::Uuid::encode_buffer();
-    uuid::Uuid::new_v4()
-        .simple()
-        .encode_lower(&mut buf)
-        .to_owned()
+    let id = uuid::Uuid::new_v4().simple().encode_lower(&mut buf);
+    // Hex digits: always a valid header value.
+    http::HeaderValue::from_str(id).unwrap_or_else(|_| http::HeaderValue::from_static("-"))
+}
+
+impl RequestCtx {
+    /// The request id as text, for logs (it is printable ASCII: checked or generated).
+    fn request_id(&self) -> &str {
+        self.request_id.to_str().unwrap_or("-")
+    }
 }
 
 /// Append `ip` as text: IPv4 (nearly every request) digit by digit, since `Display` goes
@@ -371,7 +379,7 @@ impl ProxyHttp for Gateway {
         RequestCtx {
             snap: self.state.load_full(),
             start: Instant::now(),
-            request_id: String::new(),
+            request_id: http::HeaderValue::from_static(""),
             adm: Admission {
                 https: self.tls,
                 ..Admission::default()
@@ -391,9 +399,7 @@ impl ProxyHttp for Gateway {
         ctx.in_flight = true;
         let req = session.req_header();
         ctx.request_id = match req.headers.get(X_REQUEST_ID_NAME) {
-            Some(v) if valid_request_id(v.as_bytes()) => {
-                String::from_utf8_lossy(v.as_bytes()).into_owned()
-            }
+            Some(v) if valid_request_id(v.as_bytes()) => v.clone(),
             _ => new_request_id(),
         };
         let mut req = PingoraRequest {
@@ -574,7 +580,7 @@ impl ProxyHttp for Gateway {
         if strip {
             up.remove_header(&AUTHORIZATION);
         }
-        up.insert_header(X_REQUEST_ID, ctx.request_id.as_str())?;
+        up.insert_header(X_REQUEST_ID, ctx.request_id.clone())?;
         if let Some(ip) = session
             .client_addr()
             .and_then(|a| a.as_inet())
@@ -622,7 +628,7 @@ impl ProxyHttp for Gateway {
         if resp.status.is_informational() {
             return Ok(());
         }
-        resp.insert_header(X_REQUEST_ID, ctx.request_id.as_str())?;
+        resp.insert_header(X_REQUEST_ID, ctx.request_id.clone())?;
         if let (Some(route), Some(d)) = (&ctx.adm.route, &ctx.adm.rate) {
             add_rate_headers(resp, route, d)?;
         }
@@ -696,7 +702,7 @@ impl ProxyHttp for Gateway {
             "{} {} (request_id {})",
             req.method,
             ctx.adm.rewritten_path.as_deref().unwrap_or(req.uri.path()),
-            ctx.request_id
+            ctx.request_id()
         )
     }
 
@@ -751,7 +757,7 @@ impl ProxyHttp for Gateway {
             let error = e.map(|e| e.etype().as_str()).unwrap_or("-");
             info!(
                 target: "access",
-                request_id = %ctx.request_id,
+                request_id = %ctx.request_id(),
                 route,
                 method = %session.req_header().method,
                 path = %ctx.adm.rewritten_path.as_deref().unwrap_or(session.req_header().uri.path()),
@@ -831,8 +837,10 @@ mod tests {
         let (a, b) = (new_request_id(), new_request_id());
         assert_eq!(a.len(), 32);
         assert!(
-            a.bytes().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f')),
-            "{a}"
+            a.as_bytes()
+                .iter()
+                .all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f')),
+            "{a:?}"
         );
         assert!(valid_request_id(a.as_bytes()));
         assert_ne!(a, b);
