@@ -19,6 +19,7 @@
 //! servers in this process; the tokens and proofs are minted in this process and the gateway
 //! reads the JWKS from a file, so nothing else runs inside the measured process.
 //!
+//! `BENCH_ROWS=bare,public` measures only the rows whose names contain one of the words.
 //! `BENCH_KEEP=1` keeps the temp dir (configs, logs, callgrind dumps for
 //! `callgrind_annotate`). Exit status 0 whatever the figures; non-zero only when the
 //! benchmark itself could not run.
@@ -301,7 +302,7 @@ struct Row {
 /// The floor a row is compared with: the bare proxy, with the `Authorization` header when
 /// the row sends one of that size.
 fn floor_of(name: &str) -> &'static str {
-    let with_header = ["JWT", "walk", "DPoP", "header"]
+    let with_header = ["JWT", "walk", "DPoP", "pingora + header"]
         .iter()
         .any(|w| name.contains(w));
     if with_header {
@@ -482,8 +483,9 @@ fn run() -> Res<()> {
             ("bare pingora", String::new()),
             ("bare pingora + header", bearer.clone()),
         ] {
-            let r = measure(&p, &listen, "/public", warmup, n, &|_| headers.clone());
-            rows.push(row(name, r));
+            add(&mut rows, name, || {
+                measure(&p, &listen, "/public", warmup, n, &|_| headers.clone())
+            });
         }
     }
 
@@ -493,35 +495,65 @@ fn run() -> Res<()> {
     } else {
         None
     };
+    // The memory and Redis backends, each once as shipped and once with
+    // `preserve_header_case = false` (headers edited without pingora's spelling map).
     let backends: Vec<(&str, String)> = {
-        let mut v = vec![("memory", "[rate_limit]\nbackend = \"memory\"".to_string())];
+        let memory = "[rate_limit]\nbackend = \"memory\"".to_string();
+        let mut v = vec![("memory", memory.clone())];
         if let Some((_, url)) = &redis {
             v.push((
                 "redis",
                 format!("[rate_limit]\nbackend = \"redis\"\nredis_url = \"{url}\"\ntimeout_ms = 1000\non_backend_error = \"fail_closed\""),
             ));
         }
+        v.push(("memory-unspelled", memory));
+        if let Some((_, url)) = &redis {
+            v.push((
+                "redis-unspelled",
+                format!("[rate_limit]\nbackend = \"redis\"\nredis_url = \"{url}\"\ntimeout_ms = 1000\non_backend_error = \"fail_closed\""),
+            ));
+        }
         v
     };
     for (backend, rate_limit) in &backends {
+        let unspelled = backend.ends_with("-unspelled");
+        let wanted: &[&str] = match *backend {
+            "memory" => &[
+                "gateway, public route",
+                "gateway, JWT route (cached token)",
+                "gateway, JWT + memory limit",
+                "gateway, DPoP route (cached token, new proof each)",
+                "gateway, introspected opaque token (cache hit)",
+                "gateway, walk (new RS256 token each)",
+            ],
+            "redis" => &["gateway, JWT + Redis limit"],
+            "memory-unspelled" => &[
+                "gateway, public route, preserve_header_case = false",
+                "gateway, JWT + memory limit, preserve_header_case = false",
+            ],
+            _ => &["gateway, JWT + Redis limit, preserve_header_case = false"],
+        };
+        if !wanted.iter().any(|name| selected(name)) {
+            continue;
+        }
         let d = tmp.join(format!("gateway-{backend}"));
         std::fs::create_dir_all(&d).map_err(|e| e.to_string())?;
         let listen = free_addr()?;
         let admin = free_addr()?;
         let conf = d.join("gateway.toml");
-        std::fs::write(
-            &conf,
-            gateway_config(
-                &d,
-                &listen,
-                &admin,
-                &upstream,
-                rate_limit,
-                &tokens.jwks,
-                &introspection,
-            ),
-        )
-        .map_err(|e| e.to_string())?;
+        let mut text = gateway_config(
+            &d,
+            &listen,
+            &admin,
+            &upstream,
+            rate_limit,
+            &tokens.jwks,
+            &introspection,
+        );
+        if unspelled {
+            text = text.replacen("[server]\n", "[server]\npreserve_header_case = false\n", 1);
+        }
+        std::fs::write(&conf, text).map_err(|e| e.to_string())?;
         let mut p = Measured::start(
             &tmp,
             &format!("gateway-{backend}"),
@@ -530,18 +562,15 @@ fn run() -> Res<()> {
         )?;
         wait_for(&listen, "/public", "", &mut p)?;
         if *backend == "memory" {
-            rows.push(row(
-                "gateway, public route",
-                measure(&p, &listen, "/public", warmup, n, &|_| String::new()),
-            ));
-            rows.push(row(
-                "gateway, JWT route (cached token)",
-                measure(&p, &listen, "/jwt", warmup, n, &|_| bearer.clone()),
-            ));
-            rows.push(row(
-                "gateway, JWT + memory limit",
-                measure(&p, &listen, "/jwt-limited", warmup, n, &|_| bearer.clone()),
-            ));
+            add(&mut rows, "gateway, public route", || {
+                measure(&p, &listen, "/public", warmup, n, &|_| String::new())
+            });
+            add(&mut rows, "gateway, JWT route (cached token)", || {
+                measure(&p, &listen, "/jwt", warmup, n, &|_| bearer.clone())
+            });
+            add(&mut rows, "gateway, JWT + memory limit", || {
+                measure(&p, &listen, "/jwt-limited", warmup, n, &|_| bearer.clone())
+            });
             // Proofs are made as the requests go (an `iat` older than 60 s is refused).
             let dpop = |_: usize| {
                 let proof = tokens.dpop_key.dpop_proof(
@@ -554,25 +583,42 @@ fn run() -> Res<()> {
                     tokens.dpop_bound
                 )
             };
-            rows.push(row(
+            add(
+                &mut rows,
                 "gateway, DPoP route (cached token, new proof each)",
-                measure(&p, &listen, "/dpop", warmup, n, &dpop),
-            ));
-            rows.push(row(
+                || measure(&p, &listen, "/dpop", warmup, n, &dpop),
+            );
+            add(
+                &mut rows,
                 "gateway, introspected opaque token (cache hit)",
-                measure(&p, &listen, "/opaque", warmup, n, &|_| opaque.clone()),
-            ));
-            rows.push(row(
-                "gateway, walk (new RS256 token each)",
+                || measure(&p, &listen, "/opaque", warmup, n, &|_| opaque.clone()),
+            );
+            add(&mut rows, "gateway, walk (new RS256 token each)", || {
                 measure(&p, &listen, "/jwt", warmup, n, &|i| {
                     format!("Authorization: Bearer {}\r\n", tokens.walk[i])
-                }),
-            ));
+                })
+            });
+        } else if *backend == "redis" {
+            add(&mut rows, "gateway, JWT + Redis limit", || {
+                measure(&p, &listen, "/jwt-limited", warmup, n, &|_| bearer.clone())
+            });
+        } else if *backend == "memory-unspelled" {
+            add(
+                &mut rows,
+                "gateway, public route, preserve_header_case = false",
+                || measure(&p, &listen, "/public", warmup, n, &|_| String::new()),
+            );
+            add(
+                &mut rows,
+                "gateway, JWT + memory limit, preserve_header_case = false",
+                || measure(&p, &listen, "/jwt-limited", warmup, n, &|_| bearer.clone()),
+            );
         } else {
-            rows.push(row(
-                "gateway, JWT + Redis limit",
-                measure(&p, &listen, "/jwt-limited", warmup, n, &|_| bearer.clone()),
-            ));
+            add(
+                &mut rows,
+                "gateway, JWT + Redis limit, preserve_header_case = false",
+                || measure(&p, &listen, "/jwt-limited", warmup, n, &|_| bearer.clone()),
+            );
         }
     }
     if redis.is_none() {
@@ -594,6 +640,24 @@ fn run() -> Res<()> {
         let _ = std::fs::remove_dir_all(&tmp);
     }
     Ok(())
+}
+
+/// `BENCH_ROWS=public,memory` measures only the rows whose names contain one of those words
+/// (the bare proxy's rows included); unset, every row.
+fn add(rows: &mut Vec<Row>, name: &'static str, measure: impl FnOnce() -> Res<f64>) {
+    if selected(name) {
+        rows.push(row(name, measure()));
+    }
+}
+
+fn selected(name: &str) -> bool {
+    match std::env::var("BENCH_ROWS") {
+        Ok(words) => words
+            .split(',')
+            .map(str::trim)
+            .any(|w| !w.is_empty() && name.contains(w)),
+        Err(_) => true,
+    }
 }
 
 fn row(name: &'static str, r: Res<f64>) -> Row {

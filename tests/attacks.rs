@@ -108,27 +108,28 @@ fn assert_raw_400(r: &RawResponse, what: &str) {
 /// The shipped shape of the studies routes (participants first, studies as a prefix), an
 /// admin prefix, and a route that opts in to encoded slashes, in front of wsgiref.
 async fn wsgi_gateway(li: &LocalIssuer, echo: &EchoUpstream, py: &Stack) -> TestGateway {
-    TestGateway::start(
-        &Config::basic(li, echo)
-            .upstream(UpstreamSpec::new("py", &[py.peer()]))
-            .route(
-                RouteSpec::new("participants-read", "/v1/studies/{id}/participants/*", "py")
-                    .methods(&["GET"])
-                    .scopes(&["read:participants"]),
-            )
-            .route(
-                RouteSpec::new("studies-read", "/v1/studies/*", "py")
-                    .methods(&["GET"])
-                    .scopes(&["read:studies"]),
-            )
-            .route(RouteSpec::new("admin", "/v1/admin/*", "py").scopes(&["admin:read"]))
-            .route(
-                RouteSpec::new("files", "/v1/files/{name}", "py")
-                    .public()
-                    .set("allow_encoded_slashes", true),
-            ),
-    )
-    .await
+    TestGateway::start(&wsgi_config(li, echo, py)).await
+}
+
+fn wsgi_config(li: &LocalIssuer, echo: &EchoUpstream, py: &Stack) -> Config {
+    Config::basic(li, echo)
+        .upstream(UpstreamSpec::new("py", &[py.peer()]))
+        .route(
+            RouteSpec::new("participants-read", "/v1/studies/{id}/participants/*", "py")
+                .methods(&["GET"])
+                .scopes(&["read:participants"]),
+        )
+        .route(
+            RouteSpec::new("studies-read", "/v1/studies/*", "py")
+                .methods(&["GET"])
+                .scopes(&["read:studies"]),
+        )
+        .route(RouteSpec::new("admin", "/v1/admin/*", "py").scopes(&["admin:read"]))
+        .route(
+            RouteSpec::new("files", "/v1/files/{name}", "py")
+                .public()
+                .set("allow_encoded_slashes", true),
+        )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -263,6 +264,145 @@ async fn request_targets_that_are_not_origin_form_are_refused_and_absolute_form_
     assert_eq!(node.hits().await, before + 1);
 }
 
+// ------------------------------------------------------------- 3b. header name spelling
+
+/// One request over a fresh connection, read to its end: the response head as text, the body.
+async fn exchange(addr: std::net::SocketAddr, request: &str) -> (String, Value) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    s.write_all(request.as_bytes()).await.expect("write");
+    let mut buf = Vec::new();
+    tokio::time::timeout(std::time::Duration::from_secs(10), s.read_to_end(&mut buf))
+        .await
+        .expect("answer in time")
+        .expect("read");
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").expect("a whole response");
+    let body = serde_json::from_str(body).unwrap_or_else(|_| panic!("not JSON: {text}"));
+    (head.to_string(), body)
+}
+
+/// The header names (as spelled) and values Node received, in order.
+fn raw_headers(seen: &Value) -> Vec<(String, String)> {
+    let flat: Vec<String> = seen["raw_headers"]
+        .as_array()
+        .expect("raw_headers")
+        .iter()
+        .map(|v| v.as_str().expect("string").to_string())
+        .collect();
+    flat.chunks(2)
+        .map(|p| (p[0].clone(), p[1].clone()))
+        .collect()
+}
+
+/// By default every name goes on as spelled, both ways. With `preserve_header_case = false`
+/// the gateway edits the headers without the spelling (cheaper): names arrive in lower case,
+/// and everything else (which headers, their values and order, the identity, the stripping of
+/// spoofed identity headers, the status and its reason phrase) is the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn header_names_keep_their_spelling_unless_configured_and_nothing_else_changes() {
+    let li = local_issuer().await;
+    let echo = echo_upstream().await;
+    let node = Stack::node();
+    let t = token(&li, "speller", "read:studies");
+    let mut seen_by_mode = Vec::new();
+    for preserve in [true, false] {
+        let gw = TestGateway::start(
+            &Config::basic(&li, &echo)
+                .server_set("preserve_header_case", preserve)
+                .upstream(UpstreamSpec::new("node", &[node.peer()]))
+                .route(
+                    RouteSpec::new("spelled", "/v1/spelled/*", "node")
+                        .scopes(&["read:studies"])
+                        .rate_limit(100, "1m", &["sub"]),
+                ),
+        )
+        .await;
+        let (head, seen) = exchange(
+            gw.addr(),
+            &format!(
+                "GET /v1/spelled/x?q=%2F HTTP/1.1\r\nHost: spelled.test\r\nX-CuStOm-Thing: a\r\nx-custom-thing: b\r\nX-AUTH-SUBJECT: admin\r\nX-Request-Id: spelling-test-1\r\nAuthorization: Bearer {t}\r\nConnection: close\r\n\r\n"
+            ),
+        )
+        .await;
+        let status_line = head.lines().next().unwrap_or_default();
+        assert_eq!(
+            status_line, "HTTP/1.1 200 Fine Thanks",
+            "preserve={preserve}: {head}"
+        );
+        assert_eq!(seen["url"], "/v1/spelled/x?q=%2F", "preserve={preserve}");
+        assert_eq!(seen["host"], "spelled.test", "preserve={preserve}");
+        let got = raw_headers(&seen);
+        let named = |n: &str| -> Vec<&str> {
+            got.iter()
+                .filter(|(k, _)| k.eq_ignore_ascii_case(n))
+                .map(|(_, v)| v.as_str())
+                .collect()
+        };
+        assert_eq!(
+            named("x-custom-thing"),
+            ["a", "b"],
+            "preserve={preserve}: {got:?}"
+        );
+        assert_eq!(
+            named("x-auth-subject"),
+            ["speller"],
+            "preserve={preserve}: {got:?}"
+        );
+        assert_eq!(
+            named("x-auth-scopes"),
+            ["read:studies"],
+            "preserve={preserve}"
+        );
+        assert_eq!(
+            named("x-request-id"),
+            ["spelling-test-1"],
+            "preserve={preserve}"
+        );
+        assert_eq!(
+            named("x-forwarded-for"),
+            ["127.0.0.1"],
+            "preserve={preserve}"
+        );
+        assert_eq!(named("x-forwarded-proto"), ["http"], "preserve={preserve}");
+        let has = |h: &str| head.lines().any(|l| l == h);
+        assert!(
+            has("x-request-id: spelling-test-1"),
+            "preserve={preserve}: {head}"
+        );
+        assert!(has("ratelimit-limit: 100"), "preserve={preserve}: {head}");
+        assert!(
+            has("ratelimit-remaining: 99"),
+            "preserve={preserve}: {head}"
+        );
+        let names: Vec<&str> = got.iter().map(|(k, _)| k.as_str()).collect();
+        if preserve {
+            assert!(names.contains(&"X-CuStOm-Thing"), "{names:?}");
+            assert!(names.contains(&"x-custom-thing"), "{names:?}");
+            assert!(has("X-Upstream-MiXed: 1"), "{head}");
+            assert!(has("Content-Type: application/json"), "{head}");
+        } else {
+            assert!(!names.contains(&"X-CuStOm-Thing"), "{names:?}");
+            assert_eq!(
+                names.iter().filter(|n| **n == "x-custom-thing").count(),
+                2,
+                "{names:?}"
+            );
+            assert!(has("x-upstream-mixed: 1"), "{head}");
+            assert!(has("Content-Type: application/json"), "{head}");
+        }
+        let lower: Vec<(String, String)> = got
+            .into_iter()
+            .map(|(k, v)| (k.to_ascii_lowercase(), v))
+            .collect();
+        seen_by_mode.push(lower);
+    }
+    assert_eq!(
+        seen_by_mode[0], seen_by_mode[1],
+        "the upstream gets the same headers, values and order in both modes"
+    );
+}
+
 // ------------------------------------------------------------------ 4. underscore names
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -270,30 +410,36 @@ async fn identity_headers_spelled_with_underscores_never_reach_a_wsgi_upstream()
     let li = local_issuer().await;
     let echo = echo_upstream().await;
     let py = Stack::wsgi();
-    let gw = wsgi_gateway(&li, &echo, &py).await;
     let t = token(&li, "lowuser", "read:studies");
-    let r = send(
-        gw.get("/v1/studies/7")
-            .bearer_auth(&t)
-            .header("X_Auth_Subject", "admin")
-            .header("X-Auth_Scopes", "admin:write")
-            .header("x_auth_client_id", "root-client")
-            .header("X_Forwarded_For", "198.51.100.1")
-            .header("X_Forwarded_Proto", "https")
-            .header("X_Request_Id", "forged"),
-    )
-    .await;
-    let seen = r.json();
-    assert_eq!(seen["handler"], "study", "{seen}");
-    assert_eq!(seen["sub"], "lowuser", "{seen}");
-    assert_eq!(seen["scopes"], "read:studies", "{seen}");
-    assert_eq!(seen["client_id"], "demo-client", "{seen}");
-    assert_eq!(seen["forwarded_for"], "127.0.0.1", "{seen}");
-    assert_eq!(seen["forwarded_proto"], "http", "{seen}");
-    assert!(
-        !seen["request_id"].as_str().unwrap_or("").contains("forged"),
-        "{seen}"
-    );
+    // Both ways of editing the forwarded headers (`proxy::headers`).
+    for preserve in [true, false] {
+        let gw = TestGateway::start(
+            &wsgi_config(&li, &echo, &py).server_set("preserve_header_case", preserve),
+        )
+        .await;
+        let r = send(
+            gw.get("/v1/studies/7")
+                .bearer_auth(&t)
+                .header("X_Auth_Subject", "admin")
+                .header("X-Auth_Scopes", "admin:write")
+                .header("x_auth_client_id", "root-client")
+                .header("X_Forwarded_For", "198.51.100.1")
+                .header("X_Forwarded_Proto", "https")
+                .header("X_Request_Id", "forged"),
+        )
+        .await;
+        let seen = r.json();
+        assert_eq!(seen["handler"], "study", "{seen}");
+        assert_eq!(seen["sub"], "lowuser", "{seen}");
+        assert_eq!(seen["scopes"], "read:studies", "{seen}");
+        assert_eq!(seen["client_id"], "demo-client", "{seen}");
+        assert_eq!(seen["forwarded_for"], "127.0.0.1", "{seen}");
+        assert_eq!(seen["forwarded_proto"], "http", "{seen}");
+        assert!(
+            !seen["request_id"].as_str().unwrap_or("").contains("forged"),
+            "{seen}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

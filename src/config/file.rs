@@ -62,6 +62,10 @@ pub struct ServerFile {
     /// Request header names with `_`: `drop` (default; not forwarded), `refuse` (400) or
     /// `forward`. Names that read as a header the gateway sets are dropped whatever this says.
     pub headers_with_underscores: Option<String>,
+    /// Forward header names as the client and the upstream spelled them (true, the default),
+    /// or let the gateway edit the headers without keeping the spelling: cheaper, names then
+    /// go on in lower case (title case for a dozen common ones). See `proxy::headers`.
+    pub preserve_header_case: Option<bool>,
     /// Largest request head (request line and headers) accepted, in bytes; a larger one is
     /// answered 431. Defaults to 32768; from 1024 to 1048575.
     pub max_header_bytes: Option<usize>,
@@ -110,6 +114,7 @@ impl Default for ServerFile {
             require_tls: None,
             require_tls_status: None,
             headers_with_underscores: None,
+            preserve_header_case: None,
             max_header_bytes: None,
             header_timeout_ms: None,
             keepalive_timeout_ms: None,

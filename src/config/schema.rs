@@ -28,6 +28,7 @@ const SERVER: &[&str] = &[
     "require_tls",
     "require_tls_status",
     "headers_with_underscores",
+    "preserve_header_case",
     "max_header_bytes",
     "header_timeout_ms",
     "keepalive_timeout_ms",

@@ -46,6 +46,8 @@ pub struct ServerSettings {
     /// 403 or 426.
     pub require_tls_status: u16,
     pub headers_with_underscores: UnderscoreHeaders,
+    /// Header names forwarded as spelled (pingora's case map kept) or as `http` writes them.
+    pub preserve_header_case: bool,
     /// Connection limits (`proxy::conn`).
     pub max_header_bytes: usize,
     pub header_timeout: Duration,
@@ -454,6 +456,7 @@ fn server_settings(f: &ServerFile, base_dir: &Path, c: &mut Collector) -> Server
                 UnderscoreHeaders::Drop
             }
         },
+        preserve_header_case: f.preserve_header_case.unwrap_or(true),
         max_header_bytes,
         header_timeout: positive_ms(c, "server.header_timeout_ms", f.header_timeout_ms, 10_000),
         keepalive_timeout: positive_ms(

@@ -161,15 +161,21 @@ impl Default for Admission {
     }
 }
 
+static X_AUTH_SUBJECT: http::HeaderName = http::HeaderName::from_static("x-auth-subject");
+static X_AUTH_CLIENT_ID: http::HeaderName = http::HeaderName::from_static("x-auth-client-id");
+static X_AUTH_SCOPES: http::HeaderName = http::HeaderName::from_static("x-auth-scopes");
+
 impl Admission {
     /// The identity headers the upstream gets (in this order), when the caller was verified.
     /// Their values were checked to be valid header values when the token was verified.
-    pub(crate) fn identity_headers(&self) -> impl Iterator<Item = (&'static str, &str)> {
+    pub(crate) fn identity_headers(
+        &self,
+    ) -> impl Iterator<Item = (&'static http::HeaderName, &str)> {
         let p = self.principal.as_deref();
         [
-            ("x-auth-subject", p.and_then(Principal::sub)),
-            ("x-auth-client-id", p.and_then(Principal::client_id)),
-            ("x-auth-scopes", p.map(Principal::scopes)),
+            (&X_AUTH_SUBJECT, p.and_then(Principal::sub)),
+            (&X_AUTH_CLIENT_ID, p.and_then(Principal::client_id)),
+            (&X_AUTH_SCOPES, p.map(Principal::scopes)),
         ]
         .into_iter()
         .filter_map(|(n, v)| v.map(|v| (n, v)))

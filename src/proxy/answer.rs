@@ -46,13 +46,30 @@ pub(crate) fn raw_error_response(
     Bytes::from(bytes)
 }
 
+/// Room for every header of a rejection: the four below, `WWW-Authenticate`, `Retry-After`
+/// or `Upgrade` + `Connection`, the four `RateLimit-*`, and what pingora adds on the way out.
+const ANSWER_HEADERS: usize = 14;
+
 /// Status, JSON content type, no caching, length, request id.
+///
+/// Built without pingora's spelling map: every name here is the gateway's own, and for such a
+/// name the map would hold exactly what pingora writes without it (a `HeaderName` in its
+/// titled form, a `&'static str` as given), so the wire is the same and nothing is parsed
+/// twice or grown.
 pub(crate) fn error_header(
     status: u16,
     request_id: &http::HeaderValue,
     body_len: usize,
 ) -> pingora::Result<ResponseHeader> {
-    let mut h = ResponseHeader::build(status, Some(6))?;
+    let h = ResponseHeader::build_no_case(status, Some(ANSWER_HEADERS))?;
+    fill_error_header(h, request_id, body_len)
+}
+
+fn fill_error_header(
+    mut h: ResponseHeader,
+    request_id: &http::HeaderValue,
+    body_len: usize,
+) -> pingora::Result<ResponseHeader> {
     h.insert_header(http::header::CONTENT_TYPE, "application/json")?;
     h.insert_header(http::header::CACHE_CONTROL, "no-store")?;
     h.insert_header(http::header::CONTENT_LENGTH, body_len.to_string())?;
@@ -63,6 +80,39 @@ pub(crate) fn error_header(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn wire(h: &ResponseHeader) -> String {
+        let mut buf = Vec::new();
+        h.header_to_h1_wire(&mut buf);
+        String::from_utf8(buf).unwrap()
+    }
+
+    #[test]
+    fn answers_without_the_spelling_map_are_the_same_on_the_wire() {
+        let rid = http::HeaderValue::from_static("rid");
+        for reject in [
+            Reject::TlsRequired { status: 426 },
+            Reject::RateLimited {
+                retry_after_secs: 7,
+            },
+            Reject::LimiterUnavailable,
+            Reject::NoRoute,
+        ] {
+            let fast = response_header(&reject, &rid, 10).unwrap();
+            let mut spelled = fill_error_header(
+                ResponseHeader::build(reject.status(), Some(6)).unwrap(),
+                &rid,
+                10,
+            )
+            .unwrap();
+            for (name, value) in reject.headers() {
+                spelled.insert_header(name, value.as_ref()).unwrap();
+            }
+            assert!(!fast.has_case() && spelled.has_case());
+            assert_eq!(wire(&fast), wire(&spelled), "{reject:?}");
+            assert!(wire(&fast).starts_with("Content-Type: application/json\r\n"));
+        }
+    }
 
     #[test]
     fn a_426_carries_upgrade_and_a_429_retry_after() {

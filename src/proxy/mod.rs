@@ -6,6 +6,7 @@
 
 mod answer;
 pub(crate) mod conn;
+mod headers;
 
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -26,6 +27,7 @@ use crate::metrics::Metrics;
 use crate::policy::Route;
 use crate::ratelimit::Decision;
 use crate::state::{SharedState, Snapshot};
+use headers::HeaderEdit;
 
 /// The proxy: reads the current snapshot, records metrics, writes access logs.
 pub(crate) struct Gateway {
@@ -204,27 +206,35 @@ fn ceil_secs(d: std::time::Duration) -> u64 {
     d.as_secs() + u64::from(d.subsec_nanos() > 0)
 }
 
-/// The `RateLimit-*` headers. Names as `&'static str` (pingora's cheapest: no copy);
-/// integer values formatted by `http` straight into the value, the policy prebuilt per route.
-fn add_rate_headers(h: &mut ResponseHeader, route: &Route, d: &Decision) -> Result<()> {
-    h.insert_header("ratelimit-limit", http::HeaderValue::from(d.limit))?;
-    h.insert_header("ratelimit-remaining", http::HeaderValue::from(d.remaining))?;
-    h.insert_header(
-        "ratelimit-reset",
+/// The `RateLimit-*` headers: integer values formatted by `http` straight into the value, the
+/// policy prebuilt per route.
+fn add_rate_headers<H: HeaderEdit>(h: &mut H, route: &Route, d: &Decision) -> Result<()> {
+    h.set(&RATELIMIT_LIMIT, http::HeaderValue::from(d.limit))?;
+    h.set(&RATELIMIT_REMAINING, http::HeaderValue::from(d.remaining))?;
+    h.set(
+        &RATELIMIT_RESET,
         http::HeaderValue::from(ceil_secs(d.reset)),
     )?;
-    h.insert_header("ratelimit-policy", route.limit_policy.clone())?;
+    h.set(&RATELIMIT_POLICY, route.limit_policy.clone())?;
     Ok(())
 }
 
-// Names given to pingora's `insert_header` are `&'static str`: it copies a `HeaderName` of a
-// non-standard header into a new buffer, a static string it does not. Lookups use a
-// `HeaderName`, which `http` hashes without parsing it first.
-const X_FORWARDED_FOR: &str = "x-forwarded-for";
-const X_FORWARDED_PROTO: &str = "x-forwarded-proto";
-const X_REQUEST_ID: &str = "x-request-id";
-const X_FORWARDED_FOR_NAME: http::HeaderName = http::HeaderName::from_static(X_FORWARDED_FOR);
-const X_REQUEST_ID_NAME: http::HeaderName = http::HeaderName::from_static(X_REQUEST_ID);
+// The names the gateway sets, built once. `static`, so `HeaderEdit::set` can hand pingora
+// their text as `&'static str`, the one form it takes without copying.
+static X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
+static X_FORWARDED_FOR: http::HeaderName = http::HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: http::HeaderName = http::HeaderName::from_static("x-forwarded-proto");
+static HOST: http::HeaderName = http::header::HOST;
+static RATELIMIT_LIMIT: http::HeaderName = http::HeaderName::from_static("ratelimit-limit");
+static RATELIMIT_REMAINING: http::HeaderName = http::HeaderName::from_static("ratelimit-remaining");
+static RATELIMIT_RESET: http::HeaderName = http::HeaderName::from_static("ratelimit-reset");
+static RATELIMIT_POLICY: http::HeaderName = http::HeaderName::from_static("ratelimit-policy");
+
+/// Room for what the forwarded request gains (`X-Auth-*` ×3, `X-Request-Id`,
+/// `X-Forwarded-For`, `X-Forwarded-Proto`, `Host`) and the answer (`X-Request-Id`,
+/// `RateLimit-*` ×4), so that each map grows once at most.
+const ADDED_REQUEST_HEADERS: usize = 7;
+const ADDED_RESPONSE_HEADERS: usize = 5;
 
 /// A new request id: 32 lowercase hex digits of a random (v4) UUID, written without the
 /// formatting machinery.
@@ -319,10 +329,10 @@ fn spoofs_gateway_header(name: &str) -> bool {
 /// may not set for the upstream (`X-Auth-*`, in any spelling with `_`) and, unless the
 /// config forwards them, every other name with `_`. One pass over the names: most requests
 /// carry none of them, and then nothing is looked up or allocated.
-fn strip_request_headers(h: &mut RequestHeader, underscores: UnderscoreHeaders) {
+fn strip_request_headers<H: HeaderEdit>(h: &mut H, underscores: UnderscoreHeaders) {
     let mut doomed: Vec<http::HeaderName> = Vec::new();
     let mut connection = false;
-    for (name, value) in h.headers.iter() {
+    for (name, value) in h.map().iter() {
         let drop = match name.as_str() {
             n if n.contains('_') => {
                 underscores != UnderscoreHeaders::Forward || spoofs_gateway_header(n)
@@ -337,7 +347,7 @@ fn strip_request_headers(h: &mut RequestHeader, underscores: UnderscoreHeaders) 
             // well, and re-adds `Connection: Upgrade` for a WebSocket handshake: that one stays.
             "connection" => {
                 connection = true;
-                !h.headers.contains_key(http::header::UPGRADE)
+                !h.map().contains_key(http::header::UPGRADE)
             }
             n => n.starts_with("x-auth-"),
         };
@@ -348,7 +358,7 @@ fn strip_request_headers(h: &mut RequestHeader, underscores: UnderscoreHeaders) 
     if connection {
         // Headers the client listed in Connection are hop-by-hop too, except the ones the
         // gateway itself needs or sets.
-        for v in h.headers.get_all(http::header::CONNECTION) {
+        for v in h.map().get_all(http::header::CONNECTION) {
             let Ok(v) = v.to_str() else { continue };
             for listed in v.split(',').map(str::trim) {
                 let keep = listed.is_empty()
@@ -367,8 +377,94 @@ fn strip_request_headers(h: &mut RequestHeader, underscores: UnderscoreHeaders) 
         }
     }
     for name in &doomed {
-        h.remove_header(name);
+        h.remove(name);
     }
+}
+
+/// What the forwarded request's headers become: the absolute-form target's `Host`, hop-by-hop
+/// and spoofable headers gone, the caller's identity, `X-Request-Id` and the forwarding
+/// headers set (`peer`: the client's address; `retried_body`: the gateway read the body).
+fn forward_headers<H: HeaderEdit>(
+    h: &mut H,
+    ctx: &RequestCtx,
+    peer: Option<std::net::IpAddr>,
+    retried_body: bool,
+) -> Result<()> {
+    if let Some(authority) = &ctx.adm.target_authority {
+        h.set(&HOST, headers::value(authority.as_str())?)?;
+    }
+    strip_request_headers(h, ctx.snap.config.server.headers_with_underscores);
+    // A client certificate header is the trusted proxy's to set, never a client's.
+    if let Some(name) = ctx.snap.config.server.client_cert_header.as_deref() {
+        let trusted = peer.is_some_and(|p| {
+            ctx.snap
+                .config
+                .server
+                .trusted_proxies
+                .iter()
+                .any(|n| n.contains(&p))
+        });
+        if !trusted {
+            h.remove(name);
+        }
+    }
+    if retried_body {
+        // We read the body (and answered any `Expect: 100-continue`); the upstream gets it
+        // whole, so it must not answer another 100.
+        h.remove(&http::header::EXPECT);
+    }
+    // The values were checked to be valid header values when the token was verified
+    // (auth::jwt `Claims::identity`), so these cannot fail; if one did, the request fails
+    // rather than going upstream without the caller's identity.
+    for (name, v) in ctx.adm.identity_headers() {
+        h.set(name, headers::value(v)?)?;
+    }
+    let strip = match (&ctx.adm.principal, &ctx.adm.route) {
+        (Some(p), _) => p.strip_authorization,
+        // Report mode forwarded a token that did not verify: where the route's issuers strip
+        // theirs, the upstream never sees this one either.
+        (None, Some(r)) if ctx.adm.would_deny.is_some() && r.auth == AuthMode::Jwt => {
+            ctx.snap.auth.issuers().iter().any(|i| {
+                i.cfg.strip_authorization
+                    && r.issuers
+                        .as_ref()
+                        .is_none_or(|names| names.iter().any(|n| n == i.name()))
+            })
+        }
+        _ => false,
+    };
+    if strip {
+        h.remove(&AUTHORIZATION);
+    }
+    h.set(&X_REQUEST_ID, ctx.request_id.clone())?;
+    if let Some(ip) = peer {
+        // Every inbound X-Forwarded-For value, in order, then the peer. Setting replaces the
+        // inbound values.
+        let mut xff = String::with_capacity(48);
+        for v in h.map().get_all(&X_FORWARDED_FOR) {
+            let v = String::from_utf8_lossy(v.as_bytes());
+            let v = v.trim();
+            if !v.is_empty() {
+                xff.push_str(v);
+                xff.push_str(", ");
+            }
+        }
+        push_ip(&mut xff, ip);
+        h.set(&X_FORWARDED_FOR, headers::value(xff)?)?;
+    }
+    h.set(
+        &X_FORWARDED_PROTO,
+        http::HeaderValue::from_static(if ctx.adm.https { "https" } else { "http" }),
+    )
+}
+
+/// What every forwarded answer gains: the request id and, on a limited route, the rate.
+fn answer_headers<H: HeaderEdit>(h: &mut H, ctx: &RequestCtx) -> Result<()> {
+    h.set(&X_REQUEST_ID, ctx.request_id.clone())?;
+    if let (Some(route), Some(d)) = (&ctx.adm.route, &ctx.adm.rate) {
+        add_rate_headers(h, route, d)?;
+    }
+    Ok(())
 }
 
 #[async_trait]
@@ -398,7 +494,7 @@ impl ProxyHttp for Gateway {
         self.metrics.in_flight.inc();
         ctx.in_flight = true;
         let req = session.req_header();
-        ctx.request_id = match req.headers.get(X_REQUEST_ID_NAME) {
+        ctx.request_id = match req.headers.get(&X_REQUEST_ID) {
             Some(v) if valid_request_id(v.as_bytes()) => v.clone(),
             _ => new_request_id(),
         };
@@ -530,81 +626,19 @@ impl ProxyHttp for Gateway {
                 })?;
             up.set_uri(uri);
         }
-        if let Some(authority) = &ctx.adm.target_authority {
-            up.insert_header(http::header::HOST, authority.as_str())?;
-        }
-        strip_request_headers(up, ctx.snap.config.server.headers_with_underscores);
-        // A client certificate header is the trusted proxy's to set, never a client's.
-        if let Some(name) = ctx.snap.config.server.client_cert_header.as_deref() {
-            let peer = session
-                .client_addr()
-                .and_then(|a| a.as_inet())
-                .map(|a| a.ip());
-            let trusted = peer.is_some_and(|p| {
-                ctx.snap
-                    .config
-                    .server
-                    .trusted_proxies
-                    .iter()
-                    .any(|n| n.contains(&p))
-            });
-            if !trusted {
-                up.remove_header(name);
-            }
-        }
-        if session.as_ref().get_retry_buffer().is_some() {
-            // We read the body (and answered any `Expect: 100-continue`); the upstream gets
-            // it whole, so it must not answer another 100.
-            up.remove_header(&http::header::EXPECT);
-        }
-        // The values were checked to be valid header values when the token was verified
-        // (auth::jwt `Claims::identity`), so these inserts cannot fail; if one did, the
-        // request fails rather than going upstream without the caller's identity.
-        for (name, value) in ctx.adm.identity_headers() {
-            up.insert_header(name, value)?;
-        }
-        let strip = match (&ctx.adm.principal, &ctx.adm.route) {
-            (Some(p), _) => p.strip_authorization,
-            // Report mode forwarded a token that did not verify: where the route's issuers
-            // strip theirs, the upstream never sees this one either.
-            (None, Some(r)) if ctx.adm.would_deny.is_some() && r.auth == AuthMode::Jwt => {
-                ctx.snap.auth.issuers().iter().any(|i| {
-                    i.cfg.strip_authorization
-                        && r.issuers
-                            .as_ref()
-                            .is_none_or(|names| names.iter().any(|n| n == i.name()))
-                })
-            }
-            _ => false,
-        };
-        if strip {
-            up.remove_header(&AUTHORIZATION);
-        }
-        up.insert_header(X_REQUEST_ID, ctx.request_id.clone())?;
-        if let Some(ip) = session
+        let peer = session
             .client_addr()
             .and_then(|a| a.as_inet())
-            .map(|a| a.ip())
-        {
-            // Every inbound X-Forwarded-For value, in order, then the peer. Inserting replaces
-            // the inbound values.
-            let mut xff = String::with_capacity(48);
-            for v in up.headers.get_all(X_FORWARDED_FOR_NAME) {
-                let v = String::from_utf8_lossy(v.as_bytes());
-                let v = v.trim();
-                if !v.is_empty() {
-                    xff.push_str(v);
-                    xff.push_str(", ");
-                }
-            }
-            push_ip(&mut xff, ip);
-            up.insert_header(X_FORWARDED_FOR, xff)?;
+            .map(|a| a.ip());
+        let retried_body = session.as_ref().get_retry_buffer().is_some();
+        let ctx = &*ctx;
+        if ctx.snap.config.server.preserve_header_case {
+            forward_headers(up, ctx, peer, retried_body)
+        } else {
+            headers::edit_request(up, ADDED_REQUEST_HEADERS, |h| {
+                forward_headers(h, ctx, peer, retried_body)
+            })
         }
-        up.insert_header(
-            X_FORWARDED_PROTO,
-            http::HeaderValue::from_static(if ctx.adm.https { "https" } else { "http" }),
-        )?;
-        Ok(())
     }
 
     async fn upstream_response_filter(
@@ -628,11 +662,12 @@ impl ProxyHttp for Gateway {
         if resp.status.is_informational() {
             return Ok(());
         }
-        resp.insert_header(X_REQUEST_ID, ctx.request_id.clone())?;
-        if let (Some(route), Some(d)) = (&ctx.adm.route, &ctx.adm.rate) {
-            add_rate_headers(resp, route, d)?;
+        let ctx = &*ctx;
+        if ctx.snap.config.server.preserve_header_case {
+            answer_headers(resp, ctx)
+        } else {
+            headers::edit_response(resp, ADDED_RESPONSE_HEADERS, |h| answer_headers(h, ctx))
         }
-        Ok(())
     }
 
     /// Upstream down (502), timed out (504), or a broken request (400): JSON, never a bare page.

@@ -129,7 +129,7 @@ pub(crate) async fn explain(
     let reject = verdict.as_ref().err();
     let identity_headers: BTreeMap<&'static str, String> = if verdict.is_ok() {
         adm.identity_headers()
-            .map(|(n, v)| (n, v.to_string()))
+            .map(|(n, v)| (n.as_str(), v.to_string()))
             .collect()
     } else {
         BTreeMap::new()

@@ -462,7 +462,7 @@ fn compare(
         // Only a forwarded request sends anything upstream.
         let got = if verdict.is_ok() {
             adm.identity_headers()
-                .find(|(n, _)| n == name)
+                .find(|(n, _)| n.as_str() == name.as_str())
                 .map(|(_, v)| v)
                 .unwrap_or("")
         } else {
