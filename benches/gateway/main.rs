@@ -8,7 +8,9 @@
 //!    as plain reverse proxies; bare: a bare pingora 0.9 proxy (the floor: pingora's own cost);
 //!    4. the gateway on a public route (4b: the same with the access log on); 5. a JWT route,
 //!    one token; 6. a JWT route, 10k distinct tokens round robin; 7. row 5 plus a memory rate
-//!    limit that never trips; 8. row 7 with the Redis backend.
+//!    limit that never trips; 8. row 7 with the Redis backend; 4u and 7u: rows 4 and 7 on a
+//!    gateway with `preserve_header_case = false` (headers edited without pingora's spelling
+//!    map).
 //!
 //! Rows run interleaved for several rounds and the table shows medians, with each row's ratio
 //! to the public route (×row4), to the bare pingora proxy (×bare) and to nginx (×row2). Then

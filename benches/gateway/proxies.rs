@@ -240,6 +240,7 @@ impl Lab {
             access_log: false,
             rate_limit: memory.into(),
             output: Output::Log(&self.dir),
+            preserve_header_case: true,
         })?;
         let gw = Gateway {
             pid: p.pid(),
@@ -259,6 +260,7 @@ impl Lab {
             access_log: true,
             rate_limit: memory.into(),
             output: Output::Discard,
+            preserve_header_case: true,
         });
         rows.push(match accesslog {
             Ok((p, addr, _)) => self.add(
@@ -292,6 +294,45 @@ impl Lab {
             "gateway, JWT + memory rate limit",
             Load::bearer(&gw.addr, "/jwt-limited", token),
         ));
+        // Rows 4u and 7u: rows 4 and 7 with `preserve_header_case = false` (headers edited
+        // without pingora's spelling map), on a third gateway.
+        match self.start_gateway(GatewaySpec {
+            name: "gateway-unspelled",
+            level: "warn",
+            access_log: false,
+            rate_limit: memory.into(),
+            output: Output::Log(&self.dir),
+            preserve_header_case: false,
+        }) {
+            Ok((p, addr, _)) => {
+                let pid = p.pid();
+                self.procs.push(p);
+                rows.push(Row::new(
+                    "4u",
+                    "row 4, preserve_header_case = false",
+                    Load::plain(&addr, "/public"),
+                    Some(pid),
+                ));
+                rows.push(Row::new(
+                    "7u",
+                    "row 7, preserve_header_case = false",
+                    Load::bearer(&addr, "/jwt-limited", token),
+                    Some(pid),
+                ));
+            }
+            Err(e) => {
+                rows.push(Row::unavailable(
+                    "4u",
+                    "row 4, preserve_header_case = false",
+                    e.clone(),
+                ));
+                rows.push(Row::unavailable(
+                    "7u",
+                    "row 7, preserve_header_case = false",
+                    e,
+                ));
+            }
+        }
         Ok((gw, rows))
     }
 
@@ -334,6 +375,7 @@ impl Lab {
                     "[rate_limit]\nbackend = \"redis\"\nredis_url = \"redis://{raddr}/0\"\non_backend_error = \"fail_closed\""
                 ),
                 output: Output::Log(&self.dir),
+                preserve_header_case: true,
             })?;
             Ok((redis, gw, addr, raddr))
         })();
@@ -377,6 +419,11 @@ impl Lab {
                 ("INTROSPECTION", ""),
             ],
         );
+        let toml = if spec.preserve_header_case {
+            toml
+        } else {
+            toml.replacen("[server]\n", "[server]\npreserve_header_case = false\n", 1)
+        };
         let conf = d.join("gateway.toml");
         write(&conf, &toml)?;
         let mut p = spawn(
@@ -398,6 +445,7 @@ struct GatewaySpec<'a> {
     access_log: bool,
     rate_limit: String,
     output: Output<'a>,
+    preserve_header_case: bool,
 }
 
 /// Replace `{{KEY}}` placeholders of a fixture.

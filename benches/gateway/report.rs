@@ -346,6 +346,8 @@ pub(crate) fn print_report(rows: &[Row], walk: &Walk, s: &Settings) {
     };
     ratio_check("row 4 ≥ 0.95 × bare pingora", "4", "bare", 0.95);
     ratio_check("row 7 ≥ 0.90 × bare pingora", "7", "bare", 0.90);
+    ratio_check("row 4u ≥ 0.95 × bare pingora", "4u", "bare", 0.95);
+    ratio_check("row 7u ≥ 0.90 × bare pingora", "7u", "bare", 0.90);
     ratio_check("row 5 ≥ 0.95 × row 4", "5", "4", 0.95);
     ratio_check("row 7 ≥ 0.90 × row 4", "7", "4", 0.90);
     ratio_check("row 6 ≥ 0.5 × row 4", "6", "4", 0.5);
