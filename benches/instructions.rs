@@ -499,20 +499,13 @@ fn run() -> Res<()> {
     // `preserve_header_case = false` (headers edited without pingora's spelling map).
     let backends: Vec<(&str, String)> = {
         let memory = "[rate_limit]\nbackend = \"memory\"".to_string();
+        let redis = redis.as_ref().map(|(_, url)| {
+            format!("[rate_limit]\nbackend = \"redis\"\nredis_url = \"{url}\"\ntimeout_ms = 1000\non_backend_error = \"fail_closed\"")
+        });
         let mut v = vec![("memory", memory.clone())];
-        if let Some((_, url)) = &redis {
-            v.push((
-                "redis",
-                format!("[rate_limit]\nbackend = \"redis\"\nredis_url = \"{url}\"\ntimeout_ms = 1000\non_backend_error = \"fail_closed\""),
-            ));
-        }
+        v.extend(redis.clone().map(|r| ("redis", r)));
         v.push(("memory-unspelled", memory));
-        if let Some((_, url)) = &redis {
-            v.push((
-                "redis-unspelled",
-                format!("[rate_limit]\nbackend = \"redis\"\nredis_url = \"{url}\"\ntimeout_ms = 1000\non_backend_error = \"fail_closed\""),
-            ));
-        }
+        v.extend(redis.map(|r| ("redis-unspelled", r)));
         v
     };
     for (backend, rate_limit) in &backends {

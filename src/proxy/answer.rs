@@ -81,11 +81,7 @@ fn fill_error_header(
 mod tests {
     use super::*;
 
-    fn wire(h: &ResponseHeader) -> String {
-        let mut buf = Vec::new();
-        h.header_to_h1_wire(&mut buf);
-        String::from_utf8(buf).unwrap()
-    }
+    use crate::proxy::headers::tests::wire_resp as wire;
 
     #[test]
     fn answers_without_the_spelling_map_are_the_same_on_the_wire() {

@@ -53,40 +53,30 @@ impl HeaderEdit for HeaderMap {
     }
 }
 
-impl HeaderEdit for RequestHeader {
-    fn map(&self) -> &HeaderMap {
-        &self.headers
-    }
+/// pingora's own types: `insert_header`/`remove_header`, names as `&'static str`, the one
+/// form pingora takes without copying.
+macro_rules! pingora_header_edit {
+    ($($t:ty),*) => {$(
+        impl HeaderEdit for $t {
+            fn map(&self) -> &HeaderMap {
+                &self.headers
+            }
 
-    fn set(&mut self, name: &'static HeaderName, value: HeaderValue) -> Result<()> {
-        // A `&'static str` is the one name pingora takes without copying it.
-        self.insert_header(name.as_str(), value)
-    }
+            fn set(&mut self, name: &'static HeaderName, value: HeaderValue) -> Result<()> {
+                self.insert_header(name.as_str(), value)
+            }
 
-    fn remove<'a, N: ?Sized>(&mut self, name: &'a N)
-    where
-        &'a N: AsHeaderName,
-    {
-        self.remove_header(name);
-    }
+            fn remove<'a, N: ?Sized>(&mut self, name: &'a N)
+            where
+                &'a N: AsHeaderName,
+            {
+                self.remove_header(name);
+            }
+        }
+    )*};
 }
 
-impl HeaderEdit for ResponseHeader {
-    fn map(&self) -> &HeaderMap {
-        &self.headers
-    }
-
-    fn set(&mut self, name: &'static HeaderName, value: HeaderValue) -> Result<()> {
-        self.insert_header(name.as_str(), value)
-    }
-
-    fn remove<'a, N: ?Sized>(&mut self, name: &'a N)
-    where
-        &'a N: AsHeaderName,
-    {
-        self.remove_header(name);
-    }
-}
+pingora_header_edit!(RequestHeader, ResponseHeader);
 
 /// Edit the forwarded request's headers as `http`'s map, with room for `added` more (one
 /// growth at most). The names' spelling is not kept; the request target is, byte for byte
@@ -146,7 +136,7 @@ pub(super) fn value<V: TryInto<HeaderValue>>(v: V) -> Result<HeaderValue> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
     fn wire_req(h: &RequestHeader) -> String {
@@ -155,7 +145,8 @@ mod tests {
         String::from_utf8(buf).unwrap()
     }
 
-    fn wire_resp(h: &ResponseHeader) -> String {
+    /// An answer's header lines as pingora writes them on HTTP/1.
+    pub(in crate::proxy) fn wire_resp(h: &ResponseHeader) -> String {
         let mut buf = Vec::new();
         h.header_to_h1_wire(&mut buf);
         String::from_utf8(buf).unwrap()
