@@ -243,13 +243,20 @@ async fn request_targets_that_are_not_origin_form_are_refused_and_absolute_form_
     // Absolute-form: routed by its path, sent on in origin-form with its authority as Host.
     let r = raw(
         &gw,
-        &format!("GET http://{host}/v1/public/../public/y?q=1 HTTP/1.1\r\nHost: {host}"),
+        &format!("GET http://{host}/v1/public/../public/y?q=1 HTTP/1.1\r\nhost: {host}"),
     )
     .await;
     assert_eq!(r.status, 200, "{}", r.text());
     let seen: Value = serde_json::from_slice(&r.body).expect("JSON");
     assert_eq!(seen["url"], "/v1/public/y?q=1");
     assert_eq!(seen["host"], host.to_string());
+    // The Host the gateway sets is spelled as pingora spells it, whatever the client wrote.
+    let got = raw_headers(&seen);
+    let names: Vec<&str> = got.iter().map(|(k, _)| k.as_str()).collect();
+    assert!(
+        names.contains(&"Host") && !names.contains(&"host"),
+        "{names:?}"
+    );
     let r = raw(
         &gw,
         &format!("GET http://{host}/v1/admin/x HTTP/1.1\r\nHost: {host}"),

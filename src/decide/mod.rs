@@ -161,9 +161,11 @@ impl Default for Admission {
     }
 }
 
-static X_AUTH_SUBJECT: http::HeaderName = http::HeaderName::from_static("x-auth-subject");
-static X_AUTH_CLIENT_ID: http::HeaderName = http::HeaderName::from_static("x-auth-client-id");
-static X_AUTH_SCOPES: http::HeaderName = http::HeaderName::from_static("x-auth-scopes");
+pub(crate) static X_AUTH_SUBJECT: http::HeaderName =
+    http::HeaderName::from_static("x-auth-subject");
+pub(crate) static X_AUTH_CLIENT_ID: http::HeaderName =
+    http::HeaderName::from_static("x-auth-client-id");
+pub(crate) static X_AUTH_SCOPES: http::HeaderName = http::HeaderName::from_static("x-auth-scopes");
 
 impl Admission {
     /// The identity headers the upstream gets (in this order), when the caller was verified.

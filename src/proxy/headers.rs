@@ -53,8 +53,19 @@ impl HeaderEdit for HeaderMap {
     }
 }
 
-/// pingora's own types: `insert_header`/`remove_header`, names as `&'static str`, the one
-/// form pingora takes without copying.
+/// How pingora's spelling map gets a name the gateway sets: the spelling pingora itself gives
+/// that `HeaderName` (title case for the standard names it knows, of which `Host` is the one
+/// the gateway sets; the name's own text otherwise), as a `&'static str`, the one form pingora
+/// takes without copying it into a new buffer.
+fn spelled(name: &'static HeaderName) -> &'static str {
+    if name == http::header::HOST {
+        "Host"
+    } else {
+        name.as_str()
+    }
+}
+
+/// pingora's own types: `insert_header`/`remove_header`, names spelled as pingora spells them.
 macro_rules! pingora_header_edit {
     ($($t:ty),*) => {$(
         impl HeaderEdit for $t {
@@ -63,7 +74,7 @@ macro_rules! pingora_header_edit {
             }
 
             fn set(&mut self, name: &'static HeaderName, value: HeaderValue) -> Result<()> {
-                self.insert_header(name.as_str(), value)
+                self.insert_header(spelled(name), value)
             }
 
             fn remove<'a, N: ?Sized>(&mut self, name: &'a N)

@@ -822,6 +822,45 @@ impl ProxyHttp for Gateway {
 mod tests {
     use super::*;
 
+    /// With the spelling map kept, every name the gateway sets goes on the wire as pingora
+    /// spells that `HeaderName` itself (`Host`, not `host`), on requests and on answers.
+    #[test]
+    fn names_the_gateway_sets_are_spelled_as_pingora_spells_them() {
+        let names: [&'static http::HeaderName; 11] = [
+            &HOST,
+            &X_REQUEST_ID,
+            &X_FORWARDED_FOR,
+            &X_FORWARDED_PROTO,
+            &RATELIMIT_LIMIT,
+            &RATELIMIT_REMAINING,
+            &RATELIMIT_RESET,
+            &RATELIMIT_POLICY,
+            &decide::X_AUTH_SUBJECT,
+            &decide::X_AUTH_CLIENT_ID,
+            &decide::X_AUTH_SCOPES,
+        ];
+        let v = http::HeaderValue::from_static("v");
+        for name in names {
+            let mut ours = RequestHeader::build("GET", b"/", None).unwrap();
+            ours.set(name, v.clone()).unwrap();
+            let mut pingoras = RequestHeader::build("GET", b"/", None).unwrap();
+            pingoras.insert_header(name.clone(), v.clone()).unwrap();
+            let (mut a, mut b) = (Vec::new(), Vec::new());
+            ours.header_to_h1_wire(&mut a);
+            pingoras.header_to_h1_wire(&mut b);
+            assert_eq!(String::from_utf8_lossy(&a), String::from_utf8_lossy(&b));
+
+            let mut ours = ResponseHeader::build(200, None).unwrap();
+            ours.set(name, v.clone()).unwrap();
+            let mut pingoras = ResponseHeader::build(200, None).unwrap();
+            pingoras.insert_header(name.clone(), v.clone()).unwrap();
+            let (mut a, mut b) = (Vec::new(), Vec::new());
+            ours.header_to_h1_wire(&mut a);
+            pingoras.header_to_h1_wire(&mut b);
+            assert_eq!(String::from_utf8_lossy(&a), String::from_utf8_lossy(&b));
+        }
+    }
+
     #[test]
     fn pingora_statuses_get_the_error_code_that_fits() {
         assert_eq!(status_error(400).1, "invalid_request");
